@@ -1,0 +1,5 @@
+import sys
+
+from sidkeyd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,293 @@
+"""The request handling core: ``Request -> Response``, no I/O but the audit log.
+
+Routes (see docs/protocol.md):
+    POST /v1/sign     {"environment", "timestamp"?}
+    POST /v1/verify   {"environment", "timestamp", "signature"}
+    POST /v1/refresh  {"environment"?}                          admin peers only
+    GET  /v1/status
+    GET  /v1/health
+
+Handlers that wait on a backend return an awaitable; everything else answers synchronously so
+that the sign path never creates a task.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from sidkeyd.config import Config
+from sidkeyd.errors import KeyUnavailableError
+from sidkeyd.http import Request, Response, error_response, json_response
+from sidkeyd.log import get_logger, untrusted
+from sidkeyd.rotation import Health, KeyManager, Trigger
+from sidkeyd.signing import TimestampClock, TimestampError, check_timestamp
+
+Result = Response | Awaitable[Response]
+MAX_SIGNATURE_CHARS = 128
+MAX_TIMESTAMP_CHARS = 64
+
+
+class BadRequest(Exception):
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        self.code = code
+        self.response = error_response(status, code, message)
+        super().__init__(message)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
+
+
+class Application:
+    def __init__(
+        self,
+        config: Config,
+        manager: KeyManager,
+        *,
+        clock: TimestampClock | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._config = config
+        self._manager = manager
+        self._clock = clock or TimestampClock()
+        self._now = now
+        self._skew = config.server.timestamp_skew
+        self._admin_uids = frozenset({0, os.getuid()})
+        self._log = get_logger()
+        self._routes: dict[str, dict[str, Callable[[Request], Result]]] = {
+            "/v1/sign": {"POST": self.sign},
+            "/v1/verify": {"POST": self.verify},
+            "/v1/refresh": {"POST": self.refresh},
+            "/v1/status": {"GET": self.status},
+            "/v1/health": {"GET": self.health},
+        }
+
+    def handle(self, request: Request) -> Result:
+        methods = self._routes.get(request.path)
+        if methods is None:
+            return self._reject(request, 404, "not_found", f"no such path {request.path!r}")
+        handler = methods.get(request.method)
+        if handler is None:
+            allow = ", ".join(methods)
+            return self._reject(
+                request,
+                405,
+                "method_not_allowed",
+                f"{request.path} accepts {allow}",
+                headers=(("Allow", allow),),
+            )
+        try:
+            return handler(request)
+        except BadRequest as exc:
+            self._log_rejection(request, exc.response.status, exc.code)
+            return exc.response
+        except KeyUnavailableError as exc:
+            self._log_rejection(request, 503, exc.code)
+            return error_response(503, exc.code, exc.message)
+
+    # -- handlers ------------------------------------------------------------------------
+
+    def sign(self, request: Request) -> Response:
+        body = self._fields(request, required=("environment",), optional=("timestamp",))
+        environment = self._environment(body)
+        timestamp = body.get("timestamp")
+        if timestamp is None:
+            timestamp = self._clock.now()
+        else:
+            self._check_timestamp(timestamp)
+        key = self._manager.signing_key(environment)
+        signature = key.signer.sign(timestamp, key.partner_id)
+        age = int(time.time() - key.loaded_epoch)
+        self._log.info(
+            "signature.issued",
+            environment=environment,
+            key_version=key.version,
+            key_age_s=age,
+            signed_timestamp=timestamp,
+            **request.peer.log_fields(),
+        )
+        # Every value is either validated (timestamp, base64) or pre-encoded JSON.
+        payload = (
+            f'{{"signature": "{signature}", "timestamp": "{timestamp}", '.encode()
+            + key.json_fields
+            + f', "key_age_s": {age}}}'.encode()
+        )
+        return Response(200, payload)
+
+    def verify(self, request: Request) -> Response:
+        body = self._fields(request, required=("environment", "timestamp", "signature"))
+        environment = self._environment(body)
+        timestamp, signature = body["timestamp"], body["signature"]
+        if not timestamp or len(timestamp) > MAX_TIMESTAMP_CHARS:
+            raise BadRequest(
+                "invalid_timestamp", f"timestamp must be 1 to {MAX_TIMESTAMP_CHARS} characters"
+            )
+        if len(signature) > MAX_SIGNATURE_CHARS:
+            raise BadRequest(
+                "invalid_signature", f"signature must be at most {MAX_SIGNATURE_CHARS} characters"
+            )
+        matched = None
+        for key in self._manager.verification_keys(environment):
+            if key.signer.verify(timestamp, key.partner_id, signature):
+                matched = key
+                break
+        current = self._manager.signing_key(environment)
+        self._log.info(
+            "signature.verified",
+            environment=environment,
+            valid=matched is not None,
+            key_version=matched.version if matched else current.version,
+            matched_previous=matched is not None and matched is not current,
+            signed_timestamp=untrusted(timestamp),
+            **request.peer.log_fields(),
+        )
+        return json_response(
+            200,
+            {
+                "valid": matched is not None,
+                "environment": environment,
+                "key_version": matched.version if matched else None,
+                "current_key_version": current.version,
+            },
+        )
+
+    def refresh(self, request: Request) -> Result:
+        if request.peer.uid not in self._admin_uids:
+            raise BadRequest("forbidden", "refresh is for admin peers only", status=403)
+        body = self._fields(request, required=(), optional=("environment",), allow_empty=True)
+        names = (
+            [self._environment(body)] if "environment" in body else list(self._config.environments)
+        )
+        return self._refresh(names, request)
+
+    async def _refresh(self, names: list[str], request: Request) -> Response:
+        results = []
+        for name in names:
+            outcome = await self._manager.check(
+                name, Trigger.ADMIN, force=True, **request.peer.log_fields()
+            )
+            results.append(
+                {
+                    "environment": name,
+                    "key_version": outcome.key_version,
+                    "changed": outcome.changed,
+                    "error": outcome.error,
+                }
+            )
+        return json_response(200, {"results": results})
+
+    def status(self, request: Request) -> Response:
+        return json_response(200, {"environments": self.environment_status()})
+
+    def health(self, request: Request) -> Response:
+        environments = {}
+        usable = True
+        for name in self._config.environments:
+            health, reason = self._manager.health(name)
+            environments[name] = {"health": health.value, "reason": reason}
+            usable = usable and health is not Health.UNAVAILABLE
+        status = 200 if usable else 503
+        return json_response(
+            status, {"status": "ok" if usable else "unavailable", "environments": environments}
+        )
+
+    def environment_status(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        now = self._now()
+        for name, state in self._manager.states().items():
+            health, reason = self._manager.health(name)
+            try:
+                key = self._manager.signing_key(name)
+            except KeyUnavailableError:
+                key = None
+            error = state.last_error
+            out[name] = {
+                "health": health.value,
+                "reason": reason,
+                "source": state.source.name,
+                "partner_id": key.partner_id if key else state.config.partner_id,
+                "key_version": key.version if key else None,
+                "fingerprint": key.fingerprint if key else None,
+                "served_by": key.served_by if key else None,
+                "loaded_at": _iso(key.loaded_at) if key else None,
+                "key_age_s": int((now - key.loaded_at).total_seconds()) if key else None,
+                "last_success_at": _iso(state.last_success_at),
+                "last_attempt_at": _iso(state.last_attempt_at),
+                "next_check_at": _iso(self._manager.next_check_at(name)),
+                "consecutive_failures": state.consecutive_failures,
+                "last_error": None
+                if error is None
+                else {
+                    "kind": error.kind,
+                    "code": error.code,
+                    "reason": error.reason,
+                    "at": _iso(state.last_error_at),
+                },
+            }
+        return out
+
+    # -- request parsing -----------------------------------------------------------------
+
+    def _fields(
+        self,
+        request: Request,
+        *,
+        required: tuple[str, ...],
+        optional: tuple[str, ...] = (),
+        allow_empty: bool = False,
+    ) -> dict[str, str]:
+        if not request.body and allow_empty:
+            return {}
+        try:
+            body = json.loads(request.body)
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest("invalid_json", "request body must be a JSON object") from None
+        if not isinstance(body, dict):
+            raise BadRequest("invalid_json", "request body must be a JSON object")
+        unknown = sorted(set(body) - set(required) - set(optional))
+        if unknown:
+            raise BadRequest("invalid_request", f"unknown field {untrusted(unknown[0], 64)!r}")
+        for name in required:
+            if name not in body:
+                raise BadRequest("invalid_request", f"field {name!r} is required")
+        for name, value in body.items():
+            if not isinstance(value, str):
+                raise BadRequest("invalid_request", f"field {name!r} must be a string")
+        return body
+
+    def _environment(self, body: dict[str, str]) -> str:
+        name = body["environment"]
+        if name not in self._manager:
+            raise BadRequest(
+                "unknown_environment", f"no environment {untrusted(name, 64)!r}", status=404
+            )
+        return name
+
+    def _check_timestamp(self, timestamp: str) -> None:
+        if len(timestamp) > MAX_TIMESTAMP_CHARS:
+            raise BadRequest("invalid_timestamp", "timestamp is too long")
+        try:
+            check_timestamp(timestamp, self._now(), self._skew)
+        except TimestampError as exc:
+            raise BadRequest("invalid_timestamp", str(exc)) from None
+
+    def _reject(
+        self, request: Request, status: int, code: str, message: str, **kw: Any
+    ) -> Response:
+        self._log_rejection(request, status, code)
+        return error_response(status, code, message, **kw)
+
+    def _log_rejection(self, request: Request, status: int, reason: str) -> None:
+        self._log.info(
+            "request.rejected",
+            status=status,
+            reason=reason,
+            method=untrusted(request.method, 16),
+            path=untrusted(request.path, 128),
+            **request.peer.log_fields(),
+        )

@@ -1,0 +1,209 @@
+"""The ``sidkeyd`` command. The only place that picks exit codes and configures logging.
+
+Exit codes: 0 success; 1 a negative answer (invalid signature, unhealthy, request refused);
+2 a bad config or usage; 3 the daemon cannot be reached, or cannot start on its socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from sidkeyd import __version__
+from sidkeyd.client import Client
+from sidkeyd.config import DEFAULT_CONFIG_PATH
+from sidkeyd.errors import (
+    ConfigError,
+    DaemonUnavailableError,
+    RequestFailedError,
+    SocketInUseError,
+    UnsafeSocketPathError,
+)
+
+EXIT_OK, EXIT_NEGATIVE, EXIT_CONFIG, EXIT_UNAVAILABLE = 0, 1, 2, 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sidkeyd",
+        description="Serve Smile ID request signatures over a Unix socket; keys stay in memory.",
+        epilog="Exit codes: 0 ok, 1 negative answer, 2 bad config or usage, 3 daemon unreachable.",
+    )
+    parser.add_argument("--version", action="version", version=f"sidkeyd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "-c",
+            "--config",
+            type=Path,
+            default=None,
+            help=f"config file (default: $SIDKEYD_CONFIG, else {DEFAULT_CONFIG_PATH})",
+        )
+
+    def with_socket(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--socket",
+            default=None,
+            help="daemon socket (default: $SIDKEYD_SOCKET, else /run/sidkeyd/sidkeyd.sock)",
+        )
+
+    serve = commands.add_parser("serve", help="run the daemon")
+    with_config(serve)
+    check = commands.add_parser("check-config", help="validate a config file and exit")
+    with_config(check)
+
+    sign = commands.add_parser("sign", help="print a signature as JSON")
+    sign.add_argument("--env", required=True, help="environment name, e.g. sandbox")
+    sign.add_argument("--timestamp", help="sign this ISO 8601 timestamp instead of now")
+    with_socket(sign)
+
+    verify = commands.add_parser("verify", help="exit 0 if a signature is valid, 1 if not")
+    verify.add_argument("--env", required=True)
+    verify.add_argument("--timestamp", required=True)
+    verify.add_argument("--signature", required=True)
+    with_socket(verify)
+
+    status = commands.add_parser("status", help="show each environment's key state")
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+    with_socket(status)
+
+    health = commands.add_parser("health", help="exit 0 if every environment can sign")
+    with_socket(health)
+
+    refresh = commands.add_parser("refresh", help="check the backend now (admin)")
+    refresh.add_argument("--env", help="only this environment")
+    with_socket(refresh)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(_config_path(args))
+        if args.command == "check-config":
+            return _check_config(_config_path(args))
+        return _client_command(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    if args.config is not None:
+        return Path(args.config)
+    return Path(os.environ.get("SIDKEYD_CONFIG") or DEFAULT_CONFIG_PATH)
+
+
+def _load(path: Path) -> Any:
+    from sidkeyd.config_loader import load_config
+
+    return load_config(path)
+
+
+def _check_config(path: Path) -> int:
+    try:
+        config = _load(path)
+    except ConfigError as exc:
+        _print_problems(path, exc)
+        return EXIT_CONFIG
+    print(f"{path}: ok ({len(config.environments)} environments, {len(config.sources)} sources)")
+    return EXIT_OK
+
+
+def _print_problems(path: Path, exc: ConfigError) -> None:
+    print(f"{path}: {len(exc.problems)} problem(s)", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  {problem.key}: {problem.reason}", file=sys.stderr)
+
+
+def _serve(path: Path) -> int:
+    from sidkeyd.keystore import KeyStore
+    from sidkeyd.log import configure_logging, get_logger
+    from sidkeyd.server import Server
+
+    try:
+        config = _load(path)
+    except ConfigError as exc:
+        _print_problems(path, exc)
+        return EXIT_CONFIG
+    store = KeyStore()
+    configure_logging(config.log, store.secrets)
+    try:
+        Server(config, store=store).run()
+    except (SocketInUseError, UnsafeSocketPathError) as exc:
+        get_logger().error("daemon.failed", reason=str(exc))
+        return EXIT_UNAVAILABLE
+    return EXIT_OK
+
+
+def _client_command(args: argparse.Namespace) -> int:
+    client = Client(args.socket)
+    try:
+        if args.command == "sign":
+            _print_json(client.sign(args.env, args.timestamp))
+            return EXIT_OK
+        if args.command == "verify":
+            result = client.verify(args.env, args.timestamp, args.signature)
+            _print_json(result)
+            return EXIT_OK if result["valid"] else EXIT_NEGATIVE
+        if args.command == "status":
+            status = client.status()
+            if args.json:
+                _print_json(status)
+            else:
+                print(format_status(status))
+            return EXIT_OK
+        if args.command == "health":
+            healthy, payload = client.health()
+            _print_json(payload)
+            return EXIT_OK if healthy else EXIT_NEGATIVE
+        if args.command == "refresh":
+            _print_json(client.refresh(args.env))
+            return EXIT_OK
+    except DaemonUnavailableError as exc:
+        print(f"sidkeyd: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except RequestFailedError as exc:
+        print(f"sidkeyd: {exc}", file=sys.stderr)
+        return EXIT_NEGATIVE
+    finally:
+        client.close()
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def _print_json(payload: object) -> None:
+    print(json.dumps(payload, indent=2))
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """A human-readable view of ``GET /v1/status``."""
+    lines = []
+    for name, env in status["environments"].items():
+        lines.append(f"{name}: {env['health']}" + (f" ({env['reason']})" if env["reason"] else ""))
+        for label, key in (
+            ("partner id", "partner_id"),
+            ("key version", "key_version"),
+            ("fingerprint", "fingerprint"),
+            ("source", "source"),
+            ("served by", "served_by"),
+            ("loaded at", "loaded_at"),
+            ("last success", "last_success_at"),
+            ("next check", "next_check_at"),
+        ):
+            if env.get(key) is not None:
+                lines.append(f"  {label:<13}{env[key]}")
+        error = env.get("last_error")
+        lines.append(
+            "  last error   "
+            + ("none" if not error else f"{error['kind']} {error['code']}: {error['reason']}")
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""A small client for sidkeyd's socket: standard library only, so any service can import it.
+
+``Signature`` mirrors the official smile-id-core class so existing code switches by changing
+one import; ``Client`` is the lower level, one keep-alive connection shared safely by threads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from typing import Any
+
+from sidkeyd.errors import DaemonUnavailableError, RequestFailedError
+
+DEFAULT_SOCKET = "/run/sidkeyd/sidkeyd.sock"
+
+
+def default_socket_path() -> str:
+    return os.environ.get("SIDKEYD_SOCKET") or DEFAULT_SOCKET
+
+
+class Client:
+    """HTTP/1.1 over the daemon's Unix socket, one persistent connection, thread-safe."""
+
+    def __init__(self, socket_path: str | os.PathLike[str] | None = None, timeout: float = 5.0):
+        self.socket_path = os.fspath(socket_path) if socket_path else default_socket_path()
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._buffer = b""
+        self._lock = threading.Lock()
+
+    # -- API -----------------------------------------------------------------------------
+
+    def sign(self, environment: str, timestamp: str | None = None) -> dict[str, Any]:
+        body: dict[str, str] = {"environment": environment}
+        if timestamp is not None:
+            body["timestamp"] = timestamp
+        return self._ok(*self.request("POST", "/v1/sign", body))
+
+    def verify(self, environment: str, timestamp: str, signature: str) -> dict[str, Any]:
+        body = {"environment": environment, "timestamp": timestamp, "signature": signature}
+        return self._ok(*self.request("POST", "/v1/verify", body))
+
+    def status(self) -> dict[str, Any]:
+        return self._ok(*self.request("GET", "/v1/status"))
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        status, payload = self.request("GET", "/v1/health")
+        return status == 200, payload
+
+    def refresh(self, environment: str | None = None) -> dict[str, Any]:
+        body = {"environment": environment} if environment else {}
+        return self._ok(*self.request("POST", "/v1/refresh", body))
+
+    def close(self) -> None:
+        with self._lock:
+            self._disconnect()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- HTTP ----------------------------------------------------------------------------
+
+    def request(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        payload = b"" if body is None else json.dumps(body).encode("utf-8")
+        head = f"{method} {path} HTTP/1.1\r\nHost: sidkeyd\r\n"
+        if body is not None:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+        message = head.encode("ascii") + b"\r\n" + payload
+        with self._lock:
+            # A kept-alive connection may have been closed by the daemon (idle timeout,
+            # restart): one retry on a fresh connection when nothing came back.
+            for attempt in (1, 2):
+                fresh = self._sock is None
+                try:
+                    sock = self._connect()
+                    sock.sendall(message)
+                    return self._read_response(sock)
+                except _ConnectionDropped as exc:
+                    self._disconnect()
+                    if fresh or attempt == 2:
+                        raise DaemonUnavailableError(
+                            f"sidkeyd at {self.socket_path} closed the connection"
+                        ) from exc
+                except OSError as exc:
+                    self._disconnect()
+                    if fresh or attempt == 2:
+                        raise DaemonUnavailableError(
+                            f"cannot reach sidkeyd at {self.socket_path}: {exc.strerror or exc}"
+                        ) from exc
+        raise AssertionError("unreachable")
+
+    def _connect(self) -> socket.socket:
+        if self._sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(self.socket_path)
+            except OSError:
+                sock.close()
+                raise
+            self._sock, self._buffer = sock, b""
+        return self._sock
+
+    def _disconnect(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock, self._buffer = None, b""
+
+    def _read_response(self, sock: socket.socket) -> tuple[int, dict[str, Any]]:
+        head = self._read_until(sock, b"\r\n\r\n", got_any=False)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0"))
+        while len(self._buffer) < length:
+            self._recv(sock, got_any=True)
+        body, self._buffer = self._buffer[:length], self._buffer[length:]
+        if headers.get("connection", "").lower() == "close":
+            self._disconnect()
+        return status, json.loads(body) if body else {}
+
+    def _read_until(self, sock: socket.socket, marker: bytes, *, got_any: bool) -> bytes:
+        while marker not in self._buffer:
+            self._recv(sock, got_any=got_any or bool(self._buffer))
+        head, _, self._buffer = self._buffer.partition(marker)
+        return head
+
+    def _recv(self, sock: socket.socket, *, got_any: bool) -> None:
+        chunk = sock.recv(65536)
+        if not chunk:
+            if got_any:
+                raise DaemonUnavailableError("sidkeyd closed the connection mid-response")
+            raise _ConnectionDropped()
+        self._buffer += chunk
+
+    @staticmethod
+    def _ok(status: int, payload: dict[str, Any]) -> dict[str, Any]:
+        if status != 200:
+            error = payload.get("error", {})
+            raise RequestFailedError(status, error.get("code", "unknown"), error.get("message", ""))
+        return payload
+
+
+class _ConnectionDropped(Exception):
+    """The daemon closed a kept-alive connection before answering."""
+
+
+class Signature:
+    """Drop-in for smile-id-core's ``Signature``: signatures come from sidkeyd, not a local key."""
+
+    def __init__(
+        self,
+        environment: str = "production",
+        socket: str | os.PathLike[str] | None = None,
+        client: Client | None = None,
+    ) -> None:
+        self.environment = environment
+        self._client = client or Client(socket)
+
+    def generate_signature(self, timestamp: str | None = None) -> dict[str, str]:
+        """``{"signature", "timestamp"}``; without a timestamp the daemon makes one (UTC, ms, Z)."""
+        signed = self._client.sign(self.environment, timestamp)
+        return {"signature": signed["signature"], "timestamp": signed["timestamp"]}
+
+    def confirm_signature(self, timestamp: str, signature: str) -> bool:
+        return bool(self._client.verify(self.environment, timestamp, signature)["valid"])

@@ -1,0 +1,156 @@
+"""The config schema: frozen, typed data, validated once by ``config_loader``.
+
+Durations are ``timedelta`` here and strings with units (``"30s"``, ``"5m"``) in the file.
+Relative paths in the file are already resolved against the config file's folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal
+
+DEFAULT_CONFIG_PATH = Path("/etc/sidkeyd/sidkeyd.toml")
+DEFAULT_SOCKET_PATH = Path("/run/sidkeyd/sidkeyd.sock")
+
+PayloadFormat = Literal["auto", "json", "plain"]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    socket: Path = DEFAULT_SOCKET_PATH
+    socket_mode: int = 0o660
+    socket_group: str | None = None
+    timestamp_skew: timedelta = timedelta(minutes=5)
+    max_connections: int = 256
+    max_header_bytes: int = 8 * 1024
+    max_body_bytes: int = 64 * 1024
+    read_timeout: timedelta = timedelta(seconds=10)
+    idle_timeout: timedelta = timedelta(seconds=60)
+    shutdown_timeout: timedelta = timedelta(seconds=10)
+
+
+@dataclass(frozen=True)
+class RefreshConfig:
+    """How and when keys are re-read; the ``[refresh]`` table, overridable per environment."""
+
+    interval: timedelta = timedelta(seconds=60)
+    jitter: float = 0.1
+    backoff_min: timedelta = timedelta(seconds=1)
+    backoff_max: timedelta = timedelta(minutes=5)
+    max_stale: timedelta = timedelta(hours=24)
+    revoke_grace: timedelta = timedelta(minutes=5)
+    report_interval: timedelta = timedelta(seconds=5)
+    verify_previous_for: timedelta = timedelta(0)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: Literal["json", "console"] = "json"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+@dataclass(frozen=True)
+class FileSourceConfig:
+    """A local TOML or JSON file of secrets: for development and simple hosts."""
+
+    name: str
+    path: Path
+    type: Literal["file"] = "file"
+
+
+@dataclass(frozen=True)
+class AwsSourceConfig:
+    """AWS Secrets Manager through boto3; credentials come from boto3's standard chain."""
+
+    name: str
+    region: str
+    endpoint_url: str | None = None
+    profile: str | None = None
+    role_arn: str | None = None
+    role_session_name: str = "sidkeyd"
+    external_id: str | None = None
+    connect_timeout: timedelta = timedelta(seconds=5)
+    read_timeout: timedelta = timedelta(seconds=10)
+    retry_mode: Literal["standard", "adaptive", "legacy"] = "standard"
+    max_attempts: int = 3
+    fallback_regions: tuple[str, ...] = ()
+    notify_queue_url: str | None = None
+    type: Literal["aws"] = "aws"
+
+
+VaultAuthMethod = Literal["token", "approle", "kubernetes", "jwt"]
+
+
+@dataclass(frozen=True)
+class VaultAuthConfig:
+    """How the Vault source logs in. Secrets come from files or VAULT_TOKEN, never this file."""
+
+    method: VaultAuthMethod = "token"
+    mount: str | None = None  # the auth mount path; defaults to the method's name
+    token_file: Path | None = None
+    role_id_file: Path | None = None
+    secret_id_file: Path | None = None
+    remove_secret_id_file_after_reading: bool = False
+    role: str | None = None
+    jwt_file: Path | None = None
+
+    @property
+    def mount_path(self) -> str:
+        return self.mount or self.method
+
+
+@dataclass(frozen=True)
+class VaultSourceConfig:
+    """HashiCorp Vault or OpenBao KV (v1 or v2) through hvac."""
+
+    name: str
+    url: str
+    auth: VaultAuthConfig = field(default_factory=VaultAuthConfig)
+    namespace: str | None = None
+    mount: str = "secret"
+    kv_version: Literal[1, 2] = 2
+    verify: bool = True
+    ca_cert: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    tls_server_name: str | None = None
+    timeout: timedelta = timedelta(seconds=10)
+    type: Literal["vault"] = "vault"
+
+
+SourceConfig = FileSourceConfig | AwsSourceConfig | VaultSourceConfig
+
+
+@dataclass(frozen=True)
+class EnvironmentConfig:
+    """One Smile ID environment (sandbox, production...) and where its key lives."""
+
+    name: str
+    source: str
+    secret: str
+    partner_id: str | None = None
+    payload: PayloadFormat = "auto"
+    api_key_field: str = "api_key"
+    partner_id_field: str = "partner_id"
+    version_stage: str | None = None  # aws only; None means AWSCURRENT
+    version: int | None = None  # vault kv v2 only: pin a version
+    refresh: RefreshConfig = field(default_factory=RefreshConfig)
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    refresh: RefreshConfig = field(default_factory=RefreshConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    sources: Mapping[str, SourceConfig] = field(default_factory=lambda: MappingProxyType({}))
+    environments: Mapping[str, EnvironmentConfig] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    path: Path | None = None
+
+    def source_for(self, environment: EnvironmentConfig) -> SourceConfig:
+        return self.sources[environment.source]

@@ -1,0 +1,407 @@
+"""Read and validate a TOML config file into the frozen schema of ``config``.
+
+Every problem is collected (TOML key path and reason) so that one run of ``check-config``
+names them all. Unknown keys are problems too: a typo must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, TypeVar, cast
+
+from sidkeyd.config import (
+    AwsSourceConfig,
+    Config,
+    EnvironmentConfig,
+    FileSourceConfig,
+    LogConfig,
+    RefreshConfig,
+    ServerConfig,
+    SourceConfig,
+    VaultAuthConfig,
+    VaultSourceConfig,
+)
+from sidkeyd.durations import parse_duration
+from sidkeyd.errors import ConfigError, ConfigProblem
+
+T = TypeVar("T")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def load_config(path: Path) -> Config:
+    """Load ``path``; raise ConfigError naming every problem."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([ConfigProblem("(file)", f"cannot read {path}: {exc.strerror}")]) from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError([ConfigProblem("(file)", f"not valid TOML: {exc}")]) from exc
+    return parse_config(data, base_dir=path.resolve().parent, path=path)
+
+
+def parse_config(data: Mapping[str, Any], *, base_dir: Path, path: Path | None = None) -> Config:
+    """Validate already-parsed TOML data."""
+    problems: list[ConfigProblem] = []
+    root = _Table(data, "", problems, base_dir)
+    server = _server(root.table("server"))
+    refresh = _refresh(root.table("refresh"), RefreshConfig())
+    log_table = root.table("log")
+    log = LogConfig(
+        format=log_table.choice("format", ("json", "console"), "json"),
+        level=log_table.choice("level", ("debug", "info", "warning", "error"), "info"),
+    )
+    log_table.finish()
+    sources = {name: _source(name, table) for name, table in root.tables("sources")}
+    environments = {
+        name: _environment(name, table, refresh, sources)
+        for name, table in root.tables("environments")
+    }
+    if not environments:
+        problems.append(ConfigProblem("environments", "at least one environment is required"))
+    root.finish()
+    if problems:
+        raise ConfigError(problems)
+    return Config(
+        server=server,
+        refresh=refresh,
+        log=log,
+        sources=MappingProxyType({k: v for k, v in sources.items() if v is not None}),
+        environments=MappingProxyType(environments),
+        path=path,
+    )
+
+
+def _server(table: _Table) -> ServerConfig:
+    d = ServerConfig()
+    config = ServerConfig(
+        socket=table.path("socket", d.socket) or d.socket,
+        socket_mode=table.mode("socket_mode", d.socket_mode),
+        socket_group=table.optional_str("socket_group"),
+        timestamp_skew=table.duration("timestamp_skew", d.timestamp_skew),
+        max_connections=table.integer("max_connections", d.max_connections, 1, 1_000_000),
+        max_header_bytes=table.integer("max_header_bytes", d.max_header_bytes, 256, 1 << 20),
+        max_body_bytes=table.integer("max_body_bytes", d.max_body_bytes, 64, 16 << 20),
+        read_timeout=table.duration("read_timeout", d.read_timeout),
+        idle_timeout=table.duration("idle_timeout", d.idle_timeout),
+        shutdown_timeout=table.duration("shutdown_timeout", d.shutdown_timeout),
+    )
+    table.finish()
+    return config
+
+
+def _refresh(table: _Table, base: RefreshConfig, *, finish: bool = True) -> RefreshConfig:
+    config = RefreshConfig(
+        interval=table.duration("interval", base.interval, minimum=timedelta(seconds=1)),
+        jitter=table.number("jitter", base.jitter, 0.0, 1.0),
+        backoff_min=table.duration("backoff_min", base.backoff_min),
+        backoff_max=table.duration("backoff_max", base.backoff_max),
+        max_stale=table.duration("max_stale", base.max_stale),
+        revoke_grace=table.duration("revoke_grace", base.revoke_grace),
+        report_interval=table.duration("report_interval", base.report_interval),
+        verify_previous_for=table.duration("verify_previous_for", base.verify_previous_for),
+    )
+    if config.backoff_min > config.backoff_max:
+        table.problem("backoff_min", "must not be longer than backoff_max")
+    if finish:
+        table.finish()
+    return config
+
+
+def _source(name: str, table: _Table) -> SourceConfig | None:
+    if not _NAME.fullmatch(name):
+        table.problem("", "source names use letters, digits, '_', '.' and '-' (64 at most)")
+    kind = table.choice("type", ("file", "aws", "vault"), None)
+    source: SourceConfig | None
+    if kind == "file":
+        path = table.path("path", None)
+        if path is None:
+            table.problem("path", "required for a file source")
+        source = FileSourceConfig(name=name, path=path or Path())
+    elif kind == "aws":
+        source = _aws_source(name, table)
+    elif kind == "vault":
+        source = _vault_source(name, table)
+    else:
+        source = None
+    table.finish()
+    return source
+
+
+def _aws_source(name: str, table: _Table) -> AwsSourceConfig:
+    d = AwsSourceConfig(name=name, region="")
+    region = table.required_str("region")
+    return AwsSourceConfig(
+        name=name,
+        region=region,
+        endpoint_url=table.optional_str("endpoint_url"),
+        profile=table.optional_str("profile"),
+        role_arn=table.optional_str("role_arn"),
+        role_session_name=table.string("role_session_name", d.role_session_name),
+        external_id=table.optional_str("external_id"),
+        connect_timeout=table.duration("connect_timeout", d.connect_timeout),
+        read_timeout=table.duration("read_timeout", d.read_timeout),
+        retry_mode=table.choice("retry_mode", ("standard", "adaptive", "legacy"), d.retry_mode),
+        max_attempts=table.integer("max_attempts", d.max_attempts, 1, 20),
+        fallback_regions=table.str_list("fallback_regions"),
+        notify_queue_url=table.optional_str("notify_queue_url"),
+    )
+
+
+def _vault_source(name: str, table: _Table) -> VaultSourceConfig:
+    d = VaultSourceConfig(name=name, url="")
+    url = table.required_str("url")
+    if url and not url.startswith(("http://", "https://")):
+        table.problem("url", "must start with http:// or https://")
+    auth_table = table.table("auth")
+    auth = VaultAuthConfig(
+        method=auth_table.choice("method", ("token", "approle", "kubernetes", "jwt"), "token"),
+        mount=auth_table.optional_str("mount"),
+        token_file=auth_table.path("token_file", None),
+        role_id_file=auth_table.path("role_id_file", None),
+        secret_id_file=auth_table.path("secret_id_file", None),
+        remove_secret_id_file_after_reading=auth_table.boolean(
+            "remove_secret_id_file_after_reading", False
+        ),
+        role=auth_table.optional_str("role"),
+        jwt_file=auth_table.path("jwt_file", None),
+    )
+    needs = {
+        "approle": ("role_id_file", "secret_id_file"),
+        "kubernetes": ("role",),
+        "jwt": ("role", "jwt_file"),
+    }.get(auth.method, ())
+    for key in needs:
+        if getattr(auth, key) is None:
+            auth_table.problem(key, f"required for auth method {auth.method!r}")
+    auth_table.finish()
+    kv_version = table.integer("kv_version", d.kv_version, 1, 2)
+    return VaultSourceConfig(
+        name=name,
+        url=url,
+        auth=auth,
+        namespace=table.optional_str("namespace"),
+        mount=table.string("mount", d.mount).strip("/"),
+        kv_version=cast("Any", kv_version),
+        verify=table.boolean("verify", d.verify),
+        ca_cert=table.path("ca_cert", None),
+        client_cert=table.path("client_cert", None),
+        client_key=table.path("client_key", None),
+        tls_server_name=table.optional_str("tls_server_name"),
+        timeout=table.duration("timeout", d.timeout),
+    )
+
+
+def _environment(
+    name: str,
+    table: _Table,
+    refresh: RefreshConfig,
+    sources: Mapping[str, SourceConfig | None],
+) -> EnvironmentConfig:
+    if not _NAME.fullmatch(name):
+        table.problem("", "environment names use letters, digits, '_', '.' and '-' (64 at most)")
+    source_name = table.required_str("source")
+    source = sources.get(source_name)
+    if source_name and source_name not in sources:
+        table.problem("source", f"no source named {source_name!r} in [sources]")
+    partner_id = table.optional_str("partner_id", allow_int=True)
+    environment = EnvironmentConfig(
+        name=name,
+        source=source_name,
+        secret=table.required_str("secret"),
+        partner_id=partner_id,
+        payload=table.choice("payload", ("auto", "json", "plain"), "auto"),
+        api_key_field=table.string("api_key_field", "api_key"),
+        partner_id_field=table.string("partner_id_field", "partner_id"),
+        version_stage=table.optional_str("version_stage"),
+        version=table.optional_int("version", 1),
+        refresh=_refresh(table, refresh, finish=False),
+    )
+    if environment.version_stage is not None and source is not None and source.type != "aws":
+        table.problem("version_stage", "only an aws source has version stages")
+    if (
+        environment.version is not None
+        and source is not None
+        and (not isinstance(source, VaultSourceConfig) or source.kv_version != 2)
+    ):
+        table.problem("version", "only a vault source with kv_version = 2 pins versions")
+    if environment.payload == "plain" and partner_id is None:
+        table.problem("partner_id", "required when payload = 'plain' (the secret is the key alone)")
+    table.finish()
+    return environment
+
+
+_MISSING: Any = object()
+
+
+class _Table:
+    """A view of one TOML table that records problems with their full key paths."""
+
+    def __init__(
+        self, data: Mapping[str, Any], path: str, problems: list[ConfigProblem], base_dir: Path
+    ) -> None:
+        self._data = data
+        self._path = path
+        self._problems = problems
+        self._base_dir = base_dir
+        self._seen: set[str] = set()
+
+    def key(self, key: str) -> str:
+        if not key:
+            return self._path or "(root)"
+        return f"{self._path}.{key}" if self._path else key
+
+    def problem(self, key: str, reason: str) -> None:
+        self._problems.append(ConfigProblem(self.key(key), reason))
+
+    def _get(self, key: str, kind: type[T] | tuple[type, ...], what: str) -> T | None:
+        self._seen.add(key)
+        if key not in self._data:
+            return None
+        value = self._data[key]
+        # bool is an int in Python; a TOML boolean is never a valid number here.
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            self.problem(key, f"must be {what}, not {type(value).__name__} {value!r}")
+            return None
+        return cast("T", value)
+
+    def table(self, key: str) -> _Table:
+        self._seen.add(key)
+        value = self._data.get(key, {})
+        if not isinstance(value, dict):
+            self.problem(key, "must be a table")
+            value = {}
+        return _Table(value, self.key(key), self._problems, self._base_dir)
+
+    def tables(self, key: str) -> list[tuple[str, _Table]]:
+        parent = self.table(key)
+        parent._seen.update(parent._data)
+        out = []
+        for name, value in parent._data.items():
+            if isinstance(value, dict):
+                out.append((name, _Table(value, parent.key(name), self._problems, self._base_dir)))
+            else:
+                parent.problem(name, "must be a table")
+        return out
+
+    def string(self, key: str, default: str) -> str:
+        value = self._get(key, str, "a string")
+        if value is not None and not value.strip():
+            self.problem(key, "must not be empty")
+            return default
+        return default if value is None else value
+
+    def optional_str(self, key: str, *, allow_int: bool = False) -> str | None:
+        if allow_int and type(self._data.get(key)) is int:
+            self._seen.add(key)
+            self.problem(key, 'must be a quoted string ("085" keeps its leading zero)')
+            return None
+        value = self._get(key, str, "a string")
+        if value is not None and not value.strip():
+            self.problem(key, "must not be empty")
+            return None
+        return value
+
+    def required_str(self, key: str) -> str:
+        if key not in self._data:
+            self._seen.add(key)
+            self.problem(key, "is required")
+            return ""
+        return self.optional_str(key) or ""
+
+    def str_list(self, key: str) -> tuple[str, ...]:
+        value = self._get(key, list, "a list of strings")
+        if value is None:
+            return ()
+        if not all(isinstance(item, str) and item for item in value):
+            self.problem(key, "must be a list of non-empty strings")
+            return ()
+        return tuple(value)
+
+    def integer(self, key: str, default: int, low: int, high: int) -> int:
+        value = self._get(key, int, "an integer")
+        if value is None:
+            return default
+        if not low <= value <= high:
+            self.problem(key, f"must be between {low} and {high}, not {value}")
+            return default
+        return value
+
+    def optional_int(self, key: str, low: int) -> int | None:
+        value = self._get(key, int, "an integer")
+        if value is not None and value < low:
+            self.problem(key, f"must be at least {low}")
+            return None
+        return value
+
+    def number(self, key: str, default: float, low: float, high: float) -> float:
+        value = self._get(key, (int, float), "a number")
+        if value is None:
+            return default
+        if not low <= float(value) <= high:
+            self.problem(key, f"must be between {low} and {high}, not {value}")
+            return default
+        return float(value)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._get(key, bool, "true or false")
+        return default if value is None else value
+
+    def choice(self, key: str, options: tuple[str, ...], default: Any) -> Any:
+        value = self._get(key, str, "a string")
+        if value is None:
+            if default is None:
+                self.problem(key, f"is required: one of {', '.join(options)}")
+            return default
+        if value not in options:
+            self.problem(key, f"must be one of {', '.join(options)}, not {value!r}")
+            return default
+        return value
+
+    def duration(
+        self, key: str, default: timedelta, *, minimum: timedelta = timedelta(0)
+    ) -> timedelta:
+        value = self._get(key, str, 'a duration string such as "30s"')
+        if value is None:
+            return default
+        try:
+            parsed = parse_duration(value)
+        except ValueError as exc:
+            self.problem(key, str(exc))
+            return default
+        if parsed < minimum:
+            self.problem(key, f"must be at least {minimum.total_seconds():g}s")
+            return default
+        return parsed
+
+    def mode(self, key: str, default: int) -> int:
+        value = self._get(key, str, 'an octal string such as "0660"')
+        if value is None:
+            return default
+        if not re.fullmatch(r"0?[0-7]{3}", value):
+            self.problem(key, f'must be an octal mode such as "0660", not {value!r}')
+            return default
+        mode = int(value, 8)
+        if mode & 0o002:
+            self.problem(key, "must not let every user on the host write to the socket")
+            return default
+        return mode
+
+    def path(self, key: str, default: Path | None) -> Path | None:
+        value = self._get(key, str, "a path string")
+        if value is None:
+            return default
+        return Path(os.path.normpath(self._base_dir / Path(value).expanduser()))
+
+    def finish(self) -> None:
+        """Report keys nobody asked for: they are typos or options of another version."""
+        for key in self._data:
+            if key not in self._seen:
+                self.problem(key, "unknown key")

@@ -1,0 +1,116 @@
+"""sidkeyd's exceptions.
+
+The tree::
+
+    SidkeydError
+    ├── ConfigError                 the config file is unusable; carries every problem found
+    ├── SourceError                 a backend gave no usable key (never carries key material)
+    │   ├── TransientSourceError    throttling, 5xx, timeouts, connection errors: retry with backoff
+    │   └── PermanentSourceError    retrying as-is will not help: fix the backend or the config
+    │       ├── AccessLostError     access denied, secret not found or deleted: this host is cut off
+    │       └── InvalidSecretError  the secret exists but its payload is unusable
+    ├── KeyUnavailableError         no usable key for an environment right now (code says why)
+    ├── SocketInUseError            another live daemon answers on the socket path
+    ├── UnsafeSocketPathError       the socket path or its folder is unsafe to bind
+    └── ClientError                 raised by sidkeyd.client
+        ├── DaemonUnavailableError  the socket cannot be reached
+        └── RequestFailedError      the daemon answered with an error (status, code, message)
+
+Library errors (botocore, hvac, OSError from a backend) are translated into ``SourceError``
+subclasses at the adapter boundary with ``raise ... from exc``. Messages never include key
+material: only names, versions, fingerprints and reasons.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class SidkeydError(Exception):
+    """Base of every error sidkeyd raises on purpose."""
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One problem in a config file: the dotted TOML key path and why it is wrong."""
+
+    key: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.reason}"
+
+
+class ConfigError(SidkeydError):
+    """The config cannot be used. ``problems`` lists every problem found, not just the first."""
+
+    def __init__(self, problems: Sequence[ConfigProblem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("; ".join(str(p) for p in self.problems))
+
+
+class SourceError(SidkeydError):
+    """A source could not produce a usable key for an environment."""
+
+    kind = "source"
+
+    def __init__(self, reason: str, *, code: str = "source_error") -> None:
+        self.reason = reason
+        self.code = code
+        super().__init__(reason)
+
+
+class TransientSourceError(SourceError):
+    """Expected to go away by itself; keep the last good key and retry with backoff."""
+
+    kind = "transient"
+
+
+class PermanentSourceError(SourceError):
+    """Will not go away by retrying; keep the last good key within its budget and say so loudly."""
+
+    kind = "permanent"
+
+
+class AccessLostError(PermanentSourceError):
+    """This host lost access to the secret (denied, not found, deleted)."""
+
+
+class InvalidSecretError(PermanentSourceError):
+    """The secret was read but its payload is not a usable key."""
+
+
+class KeyUnavailableError(SidkeydError):
+    """No key may be used for an environment now: ``no_key``, ``key_stale``, ``key_revoked``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(message)
+
+
+class SocketInUseError(SidkeydError):
+    """Another daemon answers on the configured socket path."""
+
+
+class UnsafeSocketPathError(SidkeydError):
+    """The socket path is not safe to bind (not a socket, a symlink, an open folder...)."""
+
+
+class ClientError(SidkeydError):
+    """Base of the errors raised by ``sidkeyd.client``."""
+
+
+class DaemonUnavailableError(ClientError):
+    """The daemon's socket could not be reached or the connection broke."""
+
+
+class RequestFailedError(ClientError):
+    """The daemon answered with an error response."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        super().__init__(f"{status} {code}: {message}")

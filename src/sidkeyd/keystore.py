@@ -1,0 +1,129 @@
+"""Keys in memory: an immutable snapshot per environment, swapped atomically.
+
+Key material appears nowhere but inside ``ApiKey`` and the pre-keyed ``Signer``; reprs show a
+fingerprint and the version only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import NoReturn
+
+from sidkeyd.signing import Signer
+
+_FINGERPRINT_PREFIX = b"sidkeyd-fingerprint-v1\x00"
+
+
+def fingerprint(secret: str) -> str:
+    """First 12 hex of SHA-256 over a fixed prefix and the key: names a key, reveals nothing."""
+    return hashlib.sha256(_FINGERPRINT_PREFIX + secret.encode("utf-8")).hexdigest()[:12]
+
+
+class ApiKey:
+    """Key material on its way from a source to the store. Never printed, never pickled."""
+
+    __slots__ = ("_value", "fingerprint")
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+        self.fingerprint = fingerprint(value)
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"ApiKey(fingerprint={self.fingerprint!r})"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("ApiKey cannot be pickled")
+
+
+@dataclass(frozen=True, slots=True)
+class KeySnapshot:
+    """Everything the sign path needs for one environment, fixed at load time."""
+
+    environment: str
+    partner_id: str
+    version: str
+    fingerprint: str
+    loaded_at: datetime
+    served_by: str | None
+    loaded_epoch: float
+    signer: Signer = field(repr=False)
+    api_key: ApiKey = field(repr=False)
+    # `"partner_id": ..., "environment": ..., "key_version": ...` pre-encoded for responses.
+    json_fields: bytes = field(repr=False, default=b"")
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        environment: str,
+        partner_id: str,
+        version: str,
+        api_key: ApiKey,
+        loaded_at: datetime,
+        served_by: str | None = None,
+    ) -> KeySnapshot:
+        fields = (
+            f'"partner_id": {json.dumps(partner_id)}, "environment": {json.dumps(environment)}, '
+            f'"key_version": {json.dumps(version)}'
+        )
+        return cls(
+            environment=environment,
+            partner_id=partner_id,
+            version=version,
+            fingerprint=api_key.fingerprint,
+            loaded_at=loaded_at,
+            served_by=served_by,
+            loaded_epoch=loaded_at.timestamp(),
+            signer=Signer(api_key.reveal()),
+            api_key=api_key,
+            json_fields=fields.encode("utf-8"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RetiredKey:
+    snapshot: KeySnapshot
+    retired_at: datetime
+
+
+class KeyStore:
+    """The only place keys are held. Accessed from the event loop thread only."""
+
+    def __init__(self) -> None:
+        self._current: dict[str, KeySnapshot] = {}
+        self._previous: dict[str, RetiredKey] = {}
+
+    def get(self, environment: str) -> KeySnapshot | None:
+        return self._current.get(environment)
+
+    def previous(self, environment: str) -> RetiredKey | None:
+        return self._previous.get(environment)
+
+    def put(self, snapshot: KeySnapshot, now: datetime) -> KeySnapshot | None:
+        """Swap in ``snapshot``; the one it replaces is kept as the previous key."""
+        old = self._current.get(snapshot.environment)
+        self._current[snapshot.environment] = snapshot
+        if old is not None and old.version != snapshot.version:
+            self._previous[snapshot.environment] = RetiredKey(old, now)
+        return old
+
+    def drop(self, environment: str) -> KeySnapshot | None:
+        """Forget an environment's keys (revoked): current and previous."""
+        self._previous.pop(environment, None)
+        return self._current.pop(environment, None)
+
+    def secrets(self) -> Iterator[str]:
+        """Raw key material held right now: only for the log redactor."""
+        for snapshot in self._current.values():
+            yield snapshot.api_key.reveal()
+        for retired in self._previous.values():
+            yield retired.snapshot.api_key.reveal()

@@ -1,0 +1,87 @@
+"""Structured audit logging with structlog, and the redactor that keeps keys out of it.
+
+``cli`` calls ``configure_logging`` once; everything else just uses ``get_logger()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterable, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+from sidkeyd.config import LogConfig
+
+REDACTED = "[REDACTED]"
+# Field names whose values are never logged, whatever they hold.
+SENSITIVE_FIELDS = frozenset(
+    {"api_key", "apikey", "key", "secret_value", "secret_string", "token", "password", "secret_id"}
+)
+MAX_FIELD_CHARS = 512
+
+SecretsProvider = Callable[[], Iterable[str]]
+
+
+def get_logger(**initial: Any) -> Any:
+    return structlog.get_logger("sidkeyd", **initial)
+
+
+def make_redactor(secrets: SecretsProvider) -> structlog.types.Processor:
+    """Drop sensitive fields and replace any held key material found inside values."""
+
+    def scrub(value: Any, held: list[str]) -> Any:
+        if isinstance(value, bool | int | float) or value is None:
+            return value
+        if isinstance(value, dict):
+            return {
+                k: REDACTED if k in SENSITIVE_FIELDS else scrub(v, held) for k, v in value.items()
+            }
+        if isinstance(value, list | tuple):
+            return [scrub(item, held) for item in value]
+        text = value if isinstance(value, str) else str(value)
+        for secret in held:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
+    def redact(
+        _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        held = [s for s in secrets() if s]
+        for name, value in event_dict.items():
+            event_dict[name] = REDACTED if name in SENSITIVE_FIELDS else scrub(value, held)
+        return event_dict
+
+    return redact
+
+
+def untrusted(value: str | bytes, limit: int = 128) -> str:
+    """A client-supplied string made safe for a log field: decoded, truncated, marked."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "backslashreplace")
+    return value if len(value) <= limit else value[:limit] + "...(truncated)"
+
+
+def configure_logging(
+    config: LogConfig, secrets: SecretsProvider, stream: TextIO | None = None
+) -> None:
+    level = getattr(logging, config.level.upper())
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer()
+        if config.format == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            make_redactor(secrets),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.WriteLoggerFactory(file=stream or sys.stdout),
+        cache_logger_on_first_use=True,
+    )

@@ -1,0 +1,120 @@
+"""The daemon's lifecycle: bind, load keys, serve, and shut down gracefully.
+
+``Server.serve()`` is the async entry point; ``run()`` is the sync one. Signals are captured
+here and only here: SIGTERM/SIGINT stop, SIGHUP forces a check of every environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Callable, Mapping
+
+from sidkeyd import __version__
+from sidkeyd.app import Application
+from sidkeyd.config import Config
+from sidkeyd.keystore import KeyStore
+from sidkeyd.log import get_logger
+from sidkeyd.rotation import KeyManager, Trigger
+from sidkeyd.socketfile import bind_unix_socket, remove_socket
+from sidkeyd.sources import Source, build_source
+from sidkeyd.transport import ConnectionTracker, HttpProtocol, Limits
+
+
+class Server:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: KeyStore | None = None,
+        sources: Mapping[str, Source] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store or KeyStore()
+        self._sources = sources
+        self._should_exit = asyncio.Event()
+        self._log = get_logger()
+        self.manager: KeyManager | None = None
+        self._background: set[asyncio.Task[object]] = set()
+
+    def run(self) -> None:
+        """Run until SIGTERM/SIGINT, on uvloop when it is installed."""
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            loop_factory = uvloop.new_event_loop
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(self.serve())
+
+    def request_exit(self) -> None:
+        self._should_exit.set()
+
+    async def serve(self) -> None:
+        config = self.config
+        sock = bind_unix_socket(
+            config.server.socket, config.server.socket_mode, config.server.socket_group
+        )
+        inode = os.stat(config.server.socket).st_ino
+        sources = self._sources or {
+            name: build_source(source) for name, source in config.sources.items()
+        }
+        manager = self.manager = KeyManager(config, sources, self.store)
+        tracker = ConnectionTracker(config.server.max_connections)
+        self._install_signal_handlers(manager)
+        try:
+            await manager.start()
+            app = Application(config, manager)
+            limits = Limits(
+                max_header_bytes=config.server.max_header_bytes,
+                max_body_bytes=config.server.max_body_bytes,
+                read_timeout_s=config.server.read_timeout.total_seconds(),
+                idle_timeout_s=config.server.idle_timeout.total_seconds(),
+            )
+            loop = asyncio.get_running_loop()
+            server = await loop.create_unix_server(
+                lambda: HttpProtocol(app, limits, tracker), sock=sock
+            )
+            self._log.info(
+                "daemon.started",
+                version=__version__,
+                pid=os.getpid(),
+                socket=str(config.server.socket),
+                environments=sorted(config.environments),
+            )
+            await self._should_exit.wait()
+            self._log.info("daemon.stopping", open_connections=len(tracker.connections))
+            server.close()
+            tracker.shutdown()
+            try:
+                await asyncio.wait_for(
+                    tracker.drained.wait(), config.server.shutdown_timeout.total_seconds()
+                )
+            except TimeoutError:
+                self._log.warning("daemon.shutdown_timeout", aborted=len(tracker.connections))
+                tracker.abort()
+        finally:
+            self._remove_signal_handlers()
+            remove_socket(config.server.socket, inode)
+            sock.close()
+            await manager.stop()
+        self._log.info("daemon.stopped")
+
+    def _install_signal_handlers(self, manager: KeyManager) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_exit)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._refresh_all(manager))
+
+    def _remove_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+    def _refresh_all(self, manager: KeyManager) -> None:
+        for name in self.config.environments:
+            task = asyncio.ensure_future(manager.check(name, Trigger.SIGNAL, force=True))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)

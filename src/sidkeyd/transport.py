@@ -1,0 +1,271 @@
+"""HTTP/1.1 over the Unix socket: an ``asyncio.Protocol`` around httptools' llhttp parser.
+
+Thin by design: framing, limits, timeouts, pipelining and keep-alive live here; what a request
+means lives in ``app``. Peer credentials are read once per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import cast
+
+import httptools
+
+from sidkeyd.app import Application
+from sidkeyd.http import Request, Response, encode_response, error_response
+from sidkeyd.log import get_logger
+from sidkeyd.peer import UNKNOWN_PEER, Peer, read_peer_credentials
+
+MAX_PIPELINED = 32
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_header_bytes: int
+    max_body_bytes: int
+    read_timeout_s: float
+    idle_timeout_s: float
+
+
+class ConnectionTracker:
+    """The server's view of its open connections, for limits and graceful shutdown."""
+
+    def __init__(self, max_connections: int) -> None:
+        self.max_connections = max_connections
+        self.connections: set[HttpProtocol] = set()
+        self.closing = False
+        self.drained = asyncio.Event()
+        self.drained.set()
+
+    def add(self, protocol: HttpProtocol) -> None:
+        self.connections.add(protocol)
+        self.drained.clear()
+
+    def remove(self, protocol: HttpProtocol) -> None:
+        self.connections.discard(protocol)
+        if not self.connections:
+            self.drained.set()
+
+    def shutdown(self) -> None:
+        """Close idle connections now; busy ones close after their current response."""
+        self.closing = True
+        for protocol in list(self.connections):
+            protocol.close_when_idle()
+
+    def abort(self) -> None:
+        for protocol in list(self.connections):
+            protocol.abort()
+
+
+class _Refused(Exception):
+    """Raised from parser callbacks: the request cannot be handled and framing is lost."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.status, self.code, self.message = status, code, message
+        super().__init__(message)
+
+
+class HttpProtocol(asyncio.Protocol):
+    def __init__(self, app: Application, limits: Limits, tracker: ConnectionTracker) -> None:
+        self._app = app
+        self._limits = limits
+        self._tracker = tracker
+        self._loop = asyncio.get_running_loop()
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._peer: Peer = UNKNOWN_PEER
+        self._queue: deque[tuple[Request, bool]] = deque()
+        self._busy = False
+        self._closing = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._log = get_logger()
+        self._reset_message()
+
+    def _reset_message(self) -> None:
+        self._url = b""
+        self._header_bytes = 0
+        self._body: list[bytes] = []
+        self._body_bytes = 0
+        self._has_length = False
+        self._in_message = False
+
+    # -- connection events ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast("asyncio.Transport", transport)  # uvloop's is not a subclass
+        self._peer = read_peer_credentials(transport.get_extra_info("socket"))
+        if self._tracker.closing or len(self._tracker.connections) >= self._tracker.max_connections:
+            self._log.warning(
+                "request.rejected", reason="too_many_connections", **self._peer.log_fields()
+            )
+            transport.write(
+                encode_response(
+                    error_response(503, "too_many_connections", "connection limit reached"),
+                    keep_alive=False,
+                )
+            )
+            transport.close()
+            return
+        self._tracker.add(self)
+        self._arm_timer(self._limits.idle_timeout_s)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        self._tracker.remove(self)
+        self._transport = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if not self._in_message:
+            self._arm_timer(self._limits.read_timeout_s)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            # httptools wraps what a callback raised; the original is the context.
+            cause = exc.__context__
+            if isinstance(cause, _Refused):
+                self._fail(cause.status, cause.code, cause.message)
+            else:
+                self._log.error("request.failed", error=repr(cause))
+                self._fail(500, "internal_error", "the daemon failed to handle the request")
+        except httptools.HttpParserUpgrade:
+            self._fail(400, "upgrade_not_supported", "protocol upgrades are not supported")
+        except httptools.HttpParserError as exc:
+            self._fail(400, "malformed_request", f"malformed HTTP request: {exc}")
+
+    # -- parser callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._reset_message()
+        self._in_message = True
+        self._arm_timer(self._limits.read_timeout_s)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count_header_bytes(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_header_bytes(len(name) + len(value))
+        lowered = name.lower()
+        if lowered == b"content-length":
+            self._has_length = True
+            if value.strip().isdigit() and int(value) > self._limits.max_body_bytes:
+                raise self._too_large()
+        elif lowered == b"transfer-encoding":
+            self._has_length = True
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > self._limits.max_body_bytes:
+            raise self._too_large()
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._in_message = False
+        method = self._parser.get_method().decode("ascii", "replace")
+        try:
+            path = httptools.parse_url(self._url).path.decode("utf-8")
+        except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
+            raise _Refused(400, "malformed_request", "request target is not a valid path") from None
+        keep_alive = self._parser.should_keep_alive()
+        if method in ("POST", "PUT", "PATCH") and not self._has_length:
+            raise _Refused(411, "length_required", "a request body needs Content-Length")
+        request = Request(method, path, b"".join(self._body), self._peer)
+        self._queue.append((request, keep_alive))
+        if len(self._queue) > MAX_PIPELINED and self._transport is not None:
+            self._transport.pause_reading()
+        if not self._busy:
+            self._run_queue()
+
+    # -- dispatch ------------------------------------------------------------------------
+
+    def _run_queue(self) -> None:
+        while self._queue and not self._busy and self._transport is not None:
+            request, keep_alive = self._queue.popleft()
+            result = self._app.handle(request)
+            if isinstance(result, Response):
+                self._send(result, keep_alive)
+            else:
+                self._busy = True
+                self._loop.create_task(self._finish(result, keep_alive))
+                return
+        if self._transport is not None and not self._queue:
+            self._transport.resume_reading()
+            if self._closing:
+                self._transport.close()
+            elif not self._in_message:
+                self._arm_timer(self._limits.idle_timeout_s)
+
+    async def _finish(self, pending: Awaitable[Response], keep_alive: bool) -> None:
+        try:
+            response = await pending
+        except Exception:
+            self._log.exception("request.failed")
+            response = error_response(500, "internal_error", "the daemon failed to answer")
+        self._busy = False
+        self._send(response, keep_alive)
+        self._run_queue()
+
+    def _send(self, response: Response, keep_alive: bool) -> None:
+        if self._transport is None:
+            return
+        keep_alive = keep_alive and not response.close and not self._tracker.closing
+        self._transport.write(encode_response(response, keep_alive=keep_alive))
+        if not keep_alive:
+            self._closing = True
+            self._queue.clear()
+            self._transport.close()
+
+    def _fail(self, status: int, code: str, message: str) -> None:
+        """Framing is lost: answer if we can, then close."""
+        self._log.info("request.rejected", status=status, reason=code, **self._peer.log_fields())
+        self._in_message = False
+        if self._busy:
+            self._closing = True  # the pending response goes out first, then the close
+            self._queue.clear()
+            return
+        self._queue.clear()
+        self._send(error_response(status, code, message, close=True), keep_alive=False)
+
+    def _too_large(self) -> _Refused:
+        limit = self._limits.max_body_bytes
+        return _Refused(413, "body_too_large", f"request body is over {limit} bytes")
+
+    def _count_header_bytes(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > self._limits.max_header_bytes:
+            limit = self._limits.max_header_bytes
+            raise _Refused(431, "headers_too_large", f"request headers are over {limit} bytes")
+
+    # -- timers and shutdown -------------------------------------------------------------
+
+    def _arm_timer(self, seconds: float) -> None:
+        self._cancel_timer()
+        self._timer = self._loop.call_later(seconds, self._on_timeout)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        if self._transport is None or self._busy:
+            return
+        if self._in_message:
+            self._fail(408, "request_timeout", "request not received in time")
+        else:
+            self._transport.close()
+
+    def close_when_idle(self) -> None:
+        self._closing = True
+        if not self._busy and not self._in_message and self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
