@@ -1,0 +1,8 @@
+"""Placeholder: replaced by the source's own server harness."""
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def openbao() -> None:
+    pytest.skip("server harness not written yet")
