@@ -68,23 +68,24 @@ def format_timestamp(now: datetime) -> str:
 
 
 class TimestampClock:
-    """Makes the default timestamp; the per-second prefix is cached (hot path)."""
+    """Makes the default timestamp; the per-second prefix is cached (hot path).
 
-    __slots__ = ("_prefix", "_second", "_time")
+    Integer nanoseconds, not float seconds: a float would turn .123 into .122.
+    """
 
-    def __init__(self, time_fn: Callable[[], float] = time.time) -> None:
-        self._time = time_fn
+    __slots__ = ("_prefix", "_second", "_time_ns")
+
+    def __init__(self, time_ns: Callable[[], int] = time.time_ns) -> None:
+        self._time_ns = time_ns
         self._second = -1
         self._prefix = ""
 
     def now(self) -> str:
-        now = self._time()
-        second = int(now)
+        second, nanos = divmod(self._time_ns(), 1_000_000_000)
         if second != self._second:
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
             self._second = second
-        millis = int((now - second) * 1000)
-        return f"{self._prefix}{millis:03d}Z"
+        return f"{self._prefix}{nanos // 1_000_000:03d}Z"
 
 
 def parse_timestamp(text: str) -> datetime:

@@ -101,13 +101,14 @@ class HttpProtocol(asyncio.Protocol):
             self._log.warning(
                 "request.rejected", reason="too_many_connections", **self._peer.log_fields()
             )
-            transport.write(
+            self._transport.write(
                 encode_response(
                     error_response(503, "too_many_connections", "connection limit reached"),
                     keep_alive=False,
                 )
             )
-            transport.close()
+            self._transport.close()
+            self._transport = None
             return
         self._tracker.add(self)
         self._arm_timer(self._limits.idle_timeout_s)

@@ -14,7 +14,7 @@ def key_from_text(text: str, environment: EnvironmentConfig) -> tuple[ApiKey, st
     """A JSON object with the key fields, or (payload "plain"/"auto") the key itself."""
     stripped = text.strip()
     wants_json = environment.payload == "json" or (
-        environment.payload == "auto" and stripped.startswith("{")
+        environment.payload == "auto" and stripped.startswith(("{", "[", '"'))
     )
     if wants_json:
         try:

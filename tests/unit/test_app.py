@@ -1,0 +1,140 @@
+"""The request handling core, called directly: Request in, Response out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from datetime import UTC, datetime
+from types import MappingProxyType
+
+import pytest
+
+from sidkeyd.app import Application
+from sidkeyd.config import Config, EnvironmentConfig, FileSourceConfig
+from sidkeyd.http import Request, Response
+from sidkeyd.keystore import KeyStore
+from sidkeyd.peer import Peer
+from sidkeyd.rotation import KeyManager
+from sidkeyd.signing import TimestampClock, compute_signature
+from support.fakes import FakeSource
+
+NOW = datetime(2026, 11, 25, 22, 4, 11, 123000, tzinfo=UTC)
+ME = Peer(pid=os.getpid(), uid=os.getuid(), gid=os.getgid())
+STRANGER = Peer(pid=1, uid=4242, gid=4242)
+
+
+@pytest.fixture
+def app():
+    source = FakeSource("fake")
+    source.put("smileid/sandbox", "key-one", "v1")
+    env = EnvironmentConfig(
+        name="sandbox", source="fake", secret="smileid/sandbox", partner_id="085"
+    )
+    config = Config(
+        sources=MappingProxyType({"fake": FileSourceConfig(name="fake", path=__file__)}),  # type: ignore[arg-type]
+        environments=MappingProxyType({"sandbox": env}),
+    )
+    manager = KeyManager(config, {"fake": source}, KeyStore())
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(manager.start())
+    clock = TimestampClock(lambda: int(NOW.timestamp() * 1000) * 1_000_000)
+    yield Application(config, manager, clock=clock, now=lambda: NOW), loop
+    loop.run_until_complete(manager.stop())
+    loop.close()
+
+
+def call(app, method: str, path: str, body: object = None, peer: Peer = ME) -> tuple[int, dict]:
+    application, loop = app
+    raw = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    result = application.handle(Request(method, path, raw, peer))
+    if not isinstance(result, Response):
+        result = loop.run_until_complete(result)
+    return result.status, json.loads(result.body)
+
+
+def test_sign_without_timestamp_uses_the_clock(app) -> None:
+    """The default timestamp is the clock's; the body is valid JSON with every field."""
+    status, body = call(app, "POST", "/v1/sign", {"environment": "sandbox"})
+    assert 200 == status
+    assert {
+        "signature": compute_signature("key-one", "2026-11-25T22:04:11.123Z", "085"),
+        "timestamp": "2026-11-25T22:04:11.123Z",
+        "partner_id": "085",
+        "environment": "sandbox",
+        "key_version": "v1",
+    } == {k: v for k, v in body.items() if k != "key_age_s"}
+
+
+def test_verify_reports_valid_and_invalid(app) -> None:
+    """verify answers valid with the matching version, or invalid."""
+    ts = "2026-11-25T22:04:11.123Z"
+    good = compute_signature("key-one", ts, "085")
+    _, valid = call(
+        app, "POST", "/v1/verify", {"environment": "sandbox", "timestamp": ts, "signature": good}
+    )
+    _, invalid = call(
+        app, "POST", "/v1/verify", {"environment": "sandbox", "timestamp": ts, "signature": "x"}
+    )
+    assert (True, "v1", False, None) == (
+        valid["valid"],
+        valid["key_version"],
+        invalid["valid"],
+        invalid["key_version"],
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "code"),
+    [
+        ("POST", "/v1/sign", b"", 400, "invalid_json"),
+        (
+            "POST",
+            "/v1/sign",
+            {"environment": "sandbox", "timestamp": "2026-11-25T22:20:00Z"},
+            400,
+            "invalid_timestamp",
+        ),
+        ("POST", "/v1/sign", {"environment": "sandbox", "extra": "1"}, 400, "invalid_request"),
+        ("POST", "/v1/verify", {"environment": "sandbox"}, 400, "invalid_request"),
+        ("POST", "/v1/sign", {"environment": "x" * 5000}, 404, "unknown_environment"),
+        ("DELETE", "/v1/status", None, 405, "method_not_allowed"),
+        ("GET", "/", None, 404, "not_found"),
+        ("POST", "/v1/refresh", b"", 403, "forbidden"),
+    ],
+)
+def test_errors_have_status_and_code(app, method, path, body, status, code) -> None:
+    """Each bad request maps to one status and one stable error code."""
+    peer = STRANGER if path == "/v1/refresh" else ME
+    assert (status, code) == (lambda r: (r[0], r[1]["error"]["code"]))(
+        call(app, method, path, body, peer)
+    )
+
+
+def test_unknown_environment_message_is_truncated(app) -> None:
+    """An enormous environment name is not echoed back in full."""
+    _, body = call(app, "POST", "/v1/sign", {"environment": "x" * 5000})
+    assert len(body["error"]["message"]) < 200
+
+
+def test_refresh_by_an_admin_reports_each_environment(app) -> None:
+    """The daemon's own uid may force a check; the answer lists versions."""
+    status, body = call(app, "POST", "/v1/refresh", b"")
+    assert (
+        200,
+        [{"environment": "sandbox", "key_version": "v1", "changed": False, "error": None}],
+    ) == (
+        status,
+        body["results"],
+    )
+
+
+def test_status_and_health(app) -> None:
+    """status lists the environment with its fingerprint; health is ok."""
+    _, status = call(app, "GET", "/v1/status")
+    code, health = call(app, "GET", "/v1/health")
+    assert ("healthy", 12) == (
+        status["environments"]["sandbox"]["health"],
+        len(status["environments"]["sandbox"]["fingerprint"]),
+    )
+    assert (200, "ok") == (code, health["status"])

@@ -1,0 +1,205 @@
+"""Config validation: defaults, units, paths, and every problem named with its key path."""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from sidkeyd.config import AwsSourceConfig, FileSourceConfig, VaultSourceConfig
+from sidkeyd.config_loader import load_config, parse_config
+from sidkeyd.errors import ConfigError
+
+MINIMAL = """
+[sources.local]
+type = "file"
+path = "keys.toml"
+
+[environments.sandbox]
+source = "local"
+secret = "smileid/sandbox"
+partner_id = "085"
+"""
+
+BASE = Path("/etc/sidkeyd")
+
+
+def parse(text: str):
+    return parse_config(tomllib.loads(text), base_dir=BASE)
+
+
+def problems(text: str) -> dict[str, str]:
+    with pytest.raises(ConfigError) as caught:
+        parse(text)
+    return {p.key: p.reason for p in caught.value.problems}
+
+
+def test_minimal_config_gets_the_documented_defaults() -> None:
+    """Socket, mode, skew, interval and log format default as documented."""
+    config = parse(MINIMAL)
+    assert (Path("/run/sidkeyd/sidkeyd.sock"), 0o660) == (
+        config.server.socket,
+        config.server.socket_mode,
+    )
+    assert (timedelta(minutes=5), timedelta(seconds=60), 0.1, "json") == (
+        config.server.timestamp_skew,
+        config.refresh.interval,
+        config.refresh.jitter,
+        config.log.format,
+    )
+    assert "085" == config.environments["sandbox"].partner_id
+
+
+def test_relative_paths_are_relative_to_the_config_folder() -> None:
+    """A relative socket or key file path resolves against the config file's folder."""
+    config = parse(MINIMAL + '\n[server]\nsocket = "../run/s.sock"\n')
+    source = config.sources["local"]
+    assert isinstance(source, FileSourceConfig)
+    assert (Path("/etc/run/s.sock"), Path("/etc/sidkeyd/keys.toml")) == (
+        config.server.socket,
+        source.path,
+    )
+
+
+def test_environment_overrides_refresh_settings() -> None:
+    """interval set on an environment wins over [refresh]; other settings are inherited."""
+    config = parse(
+        MINIMAL.replace('partner_id = "085"', 'partner_id = "085"\ninterval = "10s"')
+        + '\n[refresh]\ninterval = "2m"\nmax_stale = "1h"\n'
+    )
+    refresh = config.environments["sandbox"].refresh
+    assert (timedelta(seconds=10), timedelta(hours=1)) == (refresh.interval, refresh.max_stale)
+
+
+def test_every_problem_is_reported_with_its_key_path() -> None:
+    """Several mistakes give several problems, each naming the TOML key."""
+    found = problems(
+        MINIMAL.replace('partner_id = "085"', "partner_id = 85")
+        + """
+[server]
+socket_mode = "0666"
+timestamp_skew = "300"
+colour = "blue"
+
+[refresh]
+jitter = 2
+"""
+    )
+    assert {
+        "environments.sandbox.partner_id",
+        "server.socket_mode",
+        "server.timestamp_skew",
+        "server.colour",
+        "refresh.jitter",
+    } == set(found)
+    assert "unknown key" == found["server.colour"]
+    assert "085" in found["environments.sandbox.partner_id"]
+
+
+def test_environment_must_name_a_defined_source() -> None:
+    """A typo in `source` is caught at load."""
+    found = problems(MINIMAL.replace('source = "local"', 'source = "locl"'))
+    assert "no source named 'locl' in [sources]" == found["environments.sandbox.source"]
+
+
+def test_environments_are_required() -> None:
+    """A config with no environment cannot serve anything."""
+    assert "environments" in problems('[sources.local]\ntype = "file"\npath = "k"\n')
+
+
+def test_unknown_source_type_is_named() -> None:
+    """type must be file, aws or vault."""
+    found = problems(MINIMAL.replace('type = "file"', 'type = "gcp"'))
+    assert found["sources.local.type"].startswith("must be one of file, aws, vault")
+
+
+def test_aws_source_fields() -> None:
+    """The AWS source shape of the docs loads, with ARN secrets and version stages."""
+    config = parse(
+        """
+[sources.aws]
+type = "aws"
+region = "eu-west-1"
+endpoint_url = "http://127.0.0.1:5000"
+fallback_regions = ["eu-central-1"]
+
+[environments.production]
+source = "aws"
+secret = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:smileid/production-AbCdEf"
+version_stage = "AWSPREVIOUS"
+"""
+    )
+    source = config.sources["aws"]
+    assert isinstance(source, AwsSourceConfig)
+    assert ("eu-west-1", ("eu-central-1",)) == (source.region, source.fallback_regions)
+    assert "AWSPREVIOUS" == config.environments["production"].version_stage
+
+
+def test_vault_source_fields() -> None:
+    """The Vault source shape of the docs loads with AppRole files."""
+    config = parse(
+        """
+[sources.vault]
+type = "vault"
+url = "https://vault.internal:8200"
+mount = "secret"
+kv_version = 2
+[sources.vault.auth]
+method = "approle"
+role_id_file = "/etc/sidkeyd/vault-role-id"
+secret_id_file = "/etc/sidkeyd/vault-secret-id"
+
+[environments.production]
+source = "vault"
+secret = "smileid/production"
+"""
+    )
+    source = config.sources["vault"]
+    assert isinstance(source, VaultSourceConfig)
+    assert ("approle", Path("/etc/sidkeyd/vault-secret-id"), 2) == (
+        source.auth.method,
+        source.auth.secret_id_file,
+        source.kv_version,
+    )
+
+
+def test_approle_without_files_is_a_problem() -> None:
+    """AppRole needs both files."""
+    found = problems(
+        """
+[sources.vault]
+type = "vault"
+url = "http://127.0.0.1:8200"
+[sources.vault.auth]
+method = "approle"
+[environments.production]
+source = "vault"
+secret = "smileid/production"
+"""
+    )
+    assert {"sources.vault.auth.role_id_file", "sources.vault.auth.secret_id_file"} <= set(found)
+
+
+def test_version_stage_only_for_aws() -> None:
+    """A Secrets Manager option on a file source is an error, not silently ignored."""
+    found = problems(MINIMAL + 'version_stage = "AWSCURRENT"\n')
+    assert "only an aws source has version stages" == found["environments.sandbox.version_stage"]
+
+
+def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
+    """A missing file and a file that is not TOML are both ConfigErrors naming the file."""
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[server\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(broken)
+
+
+def test_shipped_configs_are_valid() -> None:
+    """config/sidkeyd.dev.toml and config/sidkeyd.example.toml load without problems."""
+    folder = Path(__file__).resolve().parents[2] / "config"
+    for name in ("sidkeyd.dev.toml", "sidkeyd.example.toml"):
+        assert load_config(folder / name).environments

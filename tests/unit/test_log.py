@@ -1,0 +1,66 @@
+"""The redactor: no key material reaches a log line, whatever field it hides in."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import structlog
+
+from sidkeyd.config import LogConfig
+from sidkeyd.log import REDACTED, configure_logging, get_logger, make_redactor, untrusted
+
+SECRET = "redact-me-0123456789"
+
+
+def redact(event: dict[str, object]) -> dict[str, object]:
+    return dict(make_redactor(lambda: [SECRET])(None, "info", event))
+
+
+def test_held_key_is_replaced_inside_any_string() -> None:
+    """The key inside a message, a nested dict or a list becomes [REDACTED]."""
+    out = redact(
+        {"event": f"x {SECRET} y", "nested": {"a": SECRET}, "items": [f"{SECRET}!"], "n": 3}
+    )
+    assert f"x {REDACTED} y" == out["event"]
+    assert {"a": REDACTED} == out["nested"]
+    assert [f"{REDACTED}!"] == out["items"]
+    assert 3 == out["n"]
+
+
+def test_sensitive_field_names_are_dropped() -> None:
+    """api_key, token and similar fields are redacted whatever they hold."""
+    out = redact({"event": "e", "api_key": "anything", "token": "t", "partner_id": "085"})
+    assert (REDACTED, REDACTED, "085") == (out["api_key"], out["token"], out["partner_id"])
+
+
+def test_objects_are_rendered_then_scrubbed() -> None:
+    """A non-string value whose str holds the key is scrubbed too."""
+
+    class Leaky:
+        def __str__(self) -> str:
+            return f"<{SECRET}>"
+
+    assert f"<{REDACTED}>" == redact({"event": "e", "obj": Leaky()})["obj"]
+
+
+def test_configured_json_logging_redacts_exceptions() -> None:
+    """A traceback mentioning the key is redacted in the rendered JSON line."""
+    stream = io.StringIO()
+    configure_logging(LogConfig(format="json", level="info"), lambda: [SECRET], stream)
+    try:
+        try:
+            raise ValueError(f"bad {SECRET}")
+        except ValueError:
+            get_logger().exception("boom")
+        line = json.loads(stream.getvalue().splitlines()[-1])
+        assert SECRET not in stream.getvalue()
+        assert "boom" == line["event"]
+    finally:
+        structlog.reset_defaults()
+
+
+def test_untrusted_strings_are_truncated() -> None:
+    """Client-supplied values are cut to a bounded length and bytes are decoded."""
+    assert 128 + len("...(truncated)") == len(untrusted("x" * 1000))
+    assert "\\xff" == untrusted(b"\xff")

@@ -1,0 +1,265 @@
+"""The rotation engine with an in-memory source: loads, rotations, failures, single flight."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from datetime import timedelta
+from types import MappingProxyType
+from typing import TypeVar
+
+import pytest
+from structlog.testing import capture_logs
+
+from sidkeyd.config import Config, EnvironmentConfig, FileSourceConfig, RefreshConfig
+from sidkeyd.errors import AccessLostError, KeyUnavailableError, TransientSourceError
+from sidkeyd.keystore import KeyStore
+from sidkeyd.rotation import Health, KeyManager, Trigger, backoff_delay, host_offset
+from support.fakes import FakeSource
+
+T = TypeVar("T")
+
+
+def make(refresh: RefreshConfig | None = None, partner_id: str | None = "085"):
+    source = FakeSource("fake")
+    source.put("smileid/sandbox", "key-one", "v1")
+    env = EnvironmentConfig(
+        name="sandbox",
+        source="fake",
+        secret="smileid/sandbox",
+        partner_id=partner_id,
+        refresh=refresh or RefreshConfig(),
+    )
+    config = Config(
+        sources=MappingProxyType({"fake": FileSourceConfig(name="fake", path=__file__)}),  # type: ignore[arg-type]
+        environments=MappingProxyType({"sandbox": env}),
+    )
+    store = KeyStore()
+    manager = KeyManager(config, {"fake": source}, store, rng=random.Random(1), hostname="h")
+    return manager, source, store
+
+
+def run(body: Callable[[], Awaitable[T]]) -> T:
+    return asyncio.run(body())
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Let the loop run until ``condition`` holds (timers at 0s fire on the next turns)."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never held")
+
+
+def test_start_loads_every_environment() -> None:
+    """After start the key is held and key.loaded was logged with version and fingerprint."""
+    manager, _, store = make()
+
+    async def body() -> None:
+        with capture_logs() as logs:
+            await manager.start()
+        await manager.stop()
+        loaded = [e for e in logs if e["event"] == "key.loaded"]
+        assert ["v1"] == [e["key_version"] for e in loaded]
+        assert "v1" == store.get("sandbox").version  # type: ignore[union-attr]
+
+    run(body)
+
+
+def test_rotation_swaps_the_key_and_logs_old_and_new() -> None:
+    """A new version in the source becomes the signing key; key.rotated names both."""
+    manager, source, _ = make()
+
+    async def body() -> None:
+        await manager.start()
+        source.put("smileid/sandbox", "key-two", "v2")
+        with capture_logs() as logs:
+            outcome = await manager.check("sandbox", Trigger.ADMIN)
+        await manager.stop()
+        assert (True, "v2") == (outcome.changed, manager.signing_key("sandbox").version)
+        rotated = next(e for e in logs if e["event"] == "key.rotated")
+        assert ("v1", "v2") == (rotated["old_version"], rotated["new_version"])
+
+    run(body)
+
+
+def test_scheduled_check_passes_the_held_version_and_forced_does_not() -> None:
+    """The source may answer a cheap Unchanged unless the check is forced."""
+    manager, source, _ = make()
+
+    async def body() -> None:
+        await manager.start()
+        await manager.check("sandbox", Trigger.SCHEDULE)
+        await manager.check("sandbox", Trigger.ADMIN, force=True)
+        await manager.stop()
+
+    run(body)
+    assert [("sandbox", None), ("sandbox", "v1"), ("sandbox", None)] == source.fetches
+
+
+def test_concurrent_checks_share_one_backend_call() -> None:
+    """Single flight: ten triggers while a fetch is running cause no second fetch."""
+    manager, source, _ = make()
+
+    async def body() -> None:
+        await manager.start()
+        source.gate = threading.Event()
+        source.entered.clear()
+        checks = [
+            asyncio.ensure_future(manager.check("sandbox", Trigger.REPORT, force=True))
+            for _ in range(10)
+        ]
+        await asyncio.get_running_loop().run_in_executor(None, source.entered.wait, 10)
+        source.gate.set()
+        outcomes = await asyncio.gather(*checks)
+        await manager.stop()
+        assert {"v1"} == {o.key_version for o in outcomes}
+
+    run(body)
+    assert 2 == len(source.fetches)  # the startup load and one shared check
+
+
+def test_failure_keeps_the_last_good_key_and_degrades_health() -> None:
+    """A transient error leaves the key in use; health says degraded with the reason."""
+    manager, source, _ = make()
+
+    async def body() -> None:
+        await manager.start()
+        source.errors.append(TransientSourceError("backend timed out", code="timeout"))
+        with capture_logs() as logs:
+            outcome = await manager.check("sandbox", Trigger.SCHEDULE)
+        health, reason = manager.health("sandbox")
+        await manager.stop()
+        assert ("v1", "backend timed out") == (outcome.key_version, outcome.error)
+        assert "v1" == manager.signing_key("sandbox").version
+        assert Health.DEGRADED == health
+        assert "timeout" in (reason or "")
+        failed = next(e for e in logs if e["event"] == "key.refresh_failed")
+        assert ("transient", "v1") == (failed["error_kind"], failed["serving_version"])
+
+    run(body)
+
+
+def test_failed_startup_load_means_no_key_until_a_check_succeeds() -> None:
+    """No key at start: sign refuses with no_key; a later success loads it."""
+    manager, source, _ = make()
+    source.errors.append(TransientSourceError("down", code="connection_error"))
+
+    async def body() -> None:
+        await manager.start()
+        with pytest.raises(KeyUnavailableError) as caught:
+            manager.signing_key("sandbox")
+        assert "no_key" == caught.value.code
+        assert Health.UNAVAILABLE == manager.health("sandbox")[0]
+        await manager.check("sandbox", Trigger.SCHEDULE)
+        await manager.stop()
+        assert "v1" == manager.signing_key("sandbox").version
+
+    run(body)
+
+
+def test_partner_id_mismatch_is_a_failure_not_a_new_key() -> None:
+    """A secret whose partner id differs from the config's is refused."""
+    manager, source, _ = make()
+
+    async def body() -> None:
+        await manager.start()
+        source.put("smileid/sandbox", "key-two", "v2", partner_id="999")
+        outcome = await manager.check("sandbox", Trigger.ADMIN)
+        await manager.stop()
+        assert ("v1", True) == (manager.signing_key("sandbox").version, "differs" in outcome.error)
+
+    run(body)
+
+
+def test_missing_partner_id_everywhere_is_a_failure() -> None:
+    """Neither config nor secret has a partner id: nothing can be signed."""
+    manager, _, _ = make(partner_id=None)
+
+    async def body() -> None:
+        await manager.start()
+        await manager.stop()
+        assert "partner_id_missing" == manager.states()["sandbox"].last_error.code  # type: ignore[union-attr]
+
+    run(body)
+
+
+def test_access_lost_drops_the_key_after_the_grace() -> None:
+    """Access denied: served during revoke_grace, then dropped and refused as key_revoked."""
+    manager, source, store = make(RefreshConfig(revoke_grace=timedelta(0)))
+
+    async def body() -> None:
+        await manager.start()
+        source.errors.append(AccessLostError("denied", code="access_denied"))
+        with capture_logs() as logs:
+            await manager.check("sandbox", Trigger.SCHEDULE)
+            await until(lambda: store.get("sandbox") is None)
+        with pytest.raises(KeyUnavailableError) as caught:
+            manager.signing_key("sandbox")
+        assert "key_revoked" == caught.value.code
+        assert "key.revoked" in [e["event"] for e in logs]
+        with capture_logs() as logs:
+            await manager.check("sandbox", Trigger.ADMIN)
+        await manager.stop()
+        assert "v1" == manager.signing_key("sandbox").version
+        assert "key.restored" in [e["event"] for e in logs]
+
+    run(body)
+
+
+def test_no_successful_check_within_max_stale_refuses_key_stale() -> None:
+    """Past max_stale without a good check the key is refused; a good check restores it."""
+    manager, _source, _ = make(RefreshConfig(max_stale=timedelta(0)))
+
+    async def body() -> None:
+        await manager.start()
+        await until(lambda: manager.health("sandbox")[0] is Health.UNAVAILABLE)
+        with pytest.raises(KeyUnavailableError) as caught:
+            manager.signing_key("sandbox")
+        assert "key_stale" == caught.value.code
+        manager._states["sandbox"].config = replace(  # longer budget for the recovery
+            manager._states["sandbox"].config, refresh=RefreshConfig()
+        )
+        await manager.check("sandbox", Trigger.ADMIN)
+        await manager.stop()
+        assert "v1" == manager.signing_key("sandbox").version
+
+    run(body)
+
+
+def test_previous_key_verifies_only_within_the_window() -> None:
+    """verification_keys has the previous key only while verify_previous_for lasts."""
+    manager, source, _ = make(RefreshConfig(verify_previous_for=timedelta(hours=1)))
+
+    async def body() -> None:
+        await manager.start()
+        source.put("smileid/sandbox", "key-two", "v2")
+        await manager.check("sandbox", Trigger.ADMIN)
+        await manager.stop()
+        assert ["v2", "v1"] == [k.version for k in manager.verification_keys("sandbox")]
+
+    run(body)
+
+
+def test_backoff_stays_within_bounds_and_grows() -> None:
+    """Full jitter between backoff_min and an exponentially growing cap at most backoff_max."""
+    rng = random.Random(7)
+    low, high = timedelta(seconds=1), timedelta(seconds=60)
+    for failures in range(1, 20):
+        ceiling = min(60.0, 2 ** (failures - 1))
+        delays = [backoff_delay(failures, low, high, rng) for _ in range(50)]
+        assert all(1.0 <= d <= max(ceiling, 1.0) for d in delays)
+    assert max(backoff_delay(10, low, high, rng) for _ in range(200)) > 30
+
+
+def test_host_offset_is_stable_and_within_the_interval() -> None:
+    """The same host and environment get the same offset; different hosts spread out."""
+    interval = timedelta(seconds=60)
+    offsets = {host_offset(f"host-{i}", "sandbox", interval) for i in range(50)}
+    assert host_offset("a", "sandbox", interval) == host_offset("a", "sandbox", interval)
+    assert all(timedelta(0) <= o < interval for o in offsets)
+    assert len(offsets) > 40
