@@ -1,8 +1,202 @@
-"""Placeholder: replaced by the source's own server harness."""
+"""A real OpenBao dev server on loopback, for the Vault source's tests.
 
+``openbao`` is one server for the whole session; tests keep out of each other's way by using
+unique paths, policies and roles (``server.unique("name")``). Tests that seal the server start
+their own with ``OpenBao.start(folder)`` so a failure cannot leave the shared one sealed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import hvac
 import pytest
+import requests
+
+STARTUP_TIMEOUT = 30.0
+BAO = Path(sys.executable).parent / "bao"
+_UNSEAL_KEY = re.compile(r"^Unseal Key: (\S+)\s*$", re.MULTILINE)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class OpenBao:
+    """A running ``bao server -dev``: its address, root token, unseal key and an admin client."""
+
+    def __init__(
+        self, process: subprocess.Popen[bytes], url: str, root_token: str, log_path: Path
+    ) -> None:
+        self.process = process
+        self.url = url
+        self.root_token = root_token
+        self.log_path = log_path
+        self.unseal_key = ""
+        self.admin = hvac.Client(url=url, token=root_token, timeout=10)
+        self._approle_enabled = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @classmethod
+    def start(cls, folder: Path, extra_args: tuple[str, ...] = ()) -> OpenBao:
+        """Start a dev server on a free loopback port and wait until it answers, unsealed."""
+        folder.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        root_token = "root-" + secrets.token_hex(12)
+        log_path = folder / "openbao.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+        env["HOME"] = str(folder)  # the dev server must not touch the real ~/.vault-token
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [
+                    str(BAO),
+                    "server",
+                    "-dev",
+                    "-dev-no-store-token",
+                    f"-dev-root-token-id={root_token}",
+                    f"-dev-listen-address=127.0.0.1:{port}",
+                    *extra_args,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=folder,
+            )
+        server = cls(process, f"http://127.0.0.1:{port}", root_token, log_path)
+        try:
+            server.unseal_key = server._wait_until_ready()
+        except BaseException:
+            server.stop()
+            raise
+        return server
+
+    def _wait_until_ready(self) -> str:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"bao exited ({self.process.returncode}):\n{self.log_tail()}")
+            match = _UNSEAL_KEY.search(self.log_path.read_text(errors="replace"))
+            if match and self.healthy():
+                return match.group(1)
+            time.sleep(0.05)
+        raise RuntimeError(f"bao not ready within {STARTUP_TIMEOUT}s:\n{self.log_tail()}")
+
+    def healthy(self) -> bool:
+        """``/v1/sys/health`` answers 200: initialized, unsealed, active."""
+        try:
+            return requests.get(f"{self.url}/v1/sys/health", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.admin.adapter.close()
+
+    def log_tail(self, lines: int = 30) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    # -- seal ----------------------------------------------------------------------------
+
+    def seal(self) -> None:
+        self.admin.sys.seal()
+
+    def unseal(self) -> None:
+        """Unseal and wait until the server is active again (bounded)."""
+        self.admin.sys.submit_unseal_key(self.unseal_key)
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while not self.healthy():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"bao not active after unseal:\n{self.log_tail()}")
+            time.sleep(0.05)
+
+    # -- fixtures for tests --------------------------------------------------------------
+
+    @staticmethod
+    def unique(prefix: str) -> str:
+        return f"{prefix}-{secrets.token_hex(4)}"
+
+    def kv2_put(self, path: str, data: dict[str, Any], mount: str = "secret") -> int:
+        """Write a new KV v2 version; returns its number."""
+        response = self.admin.secrets.kv.v2.create_or_update_secret(
+            path=path, secret=data, mount_point=mount
+        )
+        return int(response["data"]["version"])
+
+    def kv1_mount(self) -> str:
+        """A fresh KV v1 mount; returns its path."""
+        mount = self.unique("kv1")
+        self.admin.sys.enable_secrets_engine("kv", path=mount, options={"version": "1"})
+        return mount
+
+    def kv1_put(self, mount: str, path: str, data: dict[str, Any]) -> None:
+        self.admin.secrets.kv.v1.create_or_update_secret(path=path, secret=data, mount_point=mount)
+
+    def policy(self, rules: str) -> str:
+        """A new ACL policy with ``rules`` (HCL); returns its name."""
+        name = self.unique("policy")
+        self.admin.sys.create_or_update_policy(name=name, policy=rules)
+        return name
+
+    def token(self, policies: list[str], ttl: str = "1h", renewable: bool = True) -> str:
+        response = self.admin.auth.token.create(
+            policies=policies, ttl=ttl, renewable=renewable, no_parent=True
+        )
+        token: str = response["auth"]["client_token"]
+        return token
+
+    def approle(
+        self,
+        policies: list[str],
+        *,
+        token_ttl: str = "1h",
+        token_max_ttl: str = "4h",
+        secret_id_num_uses: int = 0,
+    ) -> tuple[str, str, str]:
+        """A new AppRole role at ``auth/approle``; returns (role name, role id, secret id)."""
+        if not self._approle_enabled:
+            if "approle/" not in self.admin.sys.list_auth_methods()["data"]:
+                self.admin.sys.enable_auth_method("approle")
+            self._approle_enabled = True
+        role = self.unique("role")
+        self.admin.auth.approle.create_or_update_approle(
+            role_name=role,
+            token_policies=policies,
+            token_ttl=token_ttl,
+            token_max_ttl=token_max_ttl,
+            secret_id_num_uses=secret_id_num_uses,
+        )
+        role_id = self.admin.auth.approle.read_role_id(role)["data"]["role_id"]
+        secret_id = self.admin.auth.approle.generate_secret_id(role)["data"]["secret_id"]
+        return role, role_id, secret_id
+
+    def revoke_approle_tokens(self) -> None:
+        """Revoke every token issued by AppRole logins (as an operator cutting a host off)."""
+        self.admin.sys.revoke_prefix("auth/approle/login")
 
 
 @pytest.fixture(scope="session")
-def openbao() -> None:
-    pytest.skip("server harness not written yet")
+def openbao() -> Iterator[OpenBao]:
+    folder = Path(tempfile.mkdtemp(prefix="sidkeyd-openbao-"))
+    server = OpenBao.start(folder)
+    try:
+        yield server
+    finally:
+        server.stop()

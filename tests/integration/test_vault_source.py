@@ -1,0 +1,579 @@
+"""The Vault source against a real OpenBao dev server: KV v1/v2, auth methods, token lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from sidkeyd.config import (
+    Config,
+    EnvironmentConfig,
+    VaultAuthConfig,
+    VaultSourceConfig,
+)
+from sidkeyd.errors import AccessLostError, TransientSourceError
+from sidkeyd.keystore import KeyStore
+from sidkeyd.rotation import KeyManager, Trigger
+from sidkeyd.sources import SecretValue, Unchanged
+from sidkeyd.sources.vault import VaultSource
+from support.openbao_server import OpenBao, free_port
+
+pytestmark = pytest.mark.vault
+
+WAIT = 20.0  # upper bound on waiting for an observable condition; never a sleep
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+class LogCapture:
+    """Every structlog event, from any thread, with a bounded wait for one to appear."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._cond = threading.Condition()
+
+    def processor(self, _logger: Any, _method: str, event_dict: Any) -> Any:
+        with self._cond:
+            self.events.append(dict(event_dict))
+            self._cond.notify_all()
+        raise structlog.DropEvent
+
+    def matching(self, name: str, **fields: Any) -> list[dict[str, Any]]:
+        with self._cond:
+            return [
+                e
+                for e in self.events
+                if e.get("event") == name and all(e.get(k) == v for k, v in fields.items())
+            ]
+
+    def wait_for(self, name: str, *, timeout: float = WAIT, **fields: Any) -> dict[str, Any]:
+        with self._cond:
+            found = self._cond.wait_for(lambda: self.matching(name, **fields), timeout)
+        assert found, (
+            f"no {name} {fields} within {timeout}s; saw {[e['event'] for e in self.events]}"
+        )
+        return found[0]
+
+
+@pytest.fixture
+def logs() -> Iterator[LogCapture]:
+    capture = LogCapture()
+    structlog.configure(processors=[capture.processor], cache_logger_on_first_use=False)
+    try:
+        yield capture
+    finally:
+        structlog.reset_defaults()
+
+
+@dataclass
+class Secret:
+    """A KV path under a unique prefix, and a policy that can read only it."""
+
+    path: str
+    policy: str
+    mount: str = "secret"
+
+
+def read_only_policy(openbao: OpenBao, mount: str, path: str, kv_version: int) -> str:
+    if kv_version == 1:
+        rules = f'path "{mount}/{path}" {{ capabilities = ["read"] }}\n'
+    else:
+        rules = (
+            f'path "{mount}/data/{path}" {{ capabilities = ["read"] }}\n'
+            f'path "{mount}/metadata/{path}" {{ capabilities = ["read"] }}\n'
+        )
+    return openbao.policy(rules)
+
+
+@pytest.fixture
+def kv2(openbao: OpenBao) -> Secret:
+    path = f"smileid/{openbao.unique('t')}/sandbox"
+    openbao.kv2_put(path, {"api_key": "key-one", "partner_id": "085"})
+    return Secret(path, read_only_policy(openbao, "secret", path, 2))
+
+
+def environment(secret: Secret, **overrides: Any) -> EnvironmentConfig:
+    return EnvironmentConfig(name="sandbox", source="vault", secret=secret.path, **overrides)
+
+
+@pytest.fixture
+def make_source(openbao: OpenBao) -> Iterator[Callable[..., VaultSource]]:
+    made: list[VaultSource] = []
+
+    def make(auth: VaultAuthConfig, **overrides: Any) -> VaultSource:
+        config = VaultSourceConfig(name="vault", url=openbao.url, auth=auth, **overrides)
+        source = VaultSource(config)
+        made.append(source)
+        return source
+
+    yield make
+    for source in made:
+        source.close()
+
+
+def write(folder: Path, name: str, value: str) -> Path:
+    path = folder / name
+    path.write_text(value + "\n")
+    return path
+
+
+def token_auth(openbao: OpenBao, folder: Path, policy: str, **token_args: Any) -> VaultAuthConfig:
+    token_file = write(folder, "token", openbao.token([policy], **token_args))
+    return VaultAuthConfig(method="token", token_file=token_file)
+
+
+def approle_auth(openbao: OpenBao, folder: Path, policy: str, **role_args: Any) -> VaultAuthConfig:
+    _role, role_id, secret_id = openbao.approle([policy], **role_args)
+    return VaultAuthConfig(
+        method="approle",
+        role_id_file=write(folder, "role-id", role_id),
+        secret_id_file=write(folder, "secret-id", secret_id),
+    )
+
+
+def fetched(result: object) -> SecretValue:
+    assert isinstance(result, SecretValue)
+    return result
+
+
+# -- KV v2 -----------------------------------------------------------------------------
+
+
+def test_kv2_reads_latest_version_with_token_file(
+    openbao: OpenBao, kv2: Secret, make_source: Callable[..., VaultSource], tmp_path: Path
+) -> None:
+    """A token from token_file reads the latest KV v2 version; its number is the key version."""
+    source = make_source(token_auth(openbao, tmp_path, kv2.policy))
+
+    value = fetched(source.fetch(environment(kv2), None))
+
+    assert "key-one" == value.api_key.reveal()
+    assert "085" == value.partner_id
+    assert "1" == value.version
+
+
+def test_kv2_unchanged_when_current_version_is_held(
+    openbao: OpenBao, kv2: Secret, make_source: Callable[..., VaultSource], tmp_path: Path
+) -> None:
+    """With the current version held, the metadata check answers Unchanged."""
+    source = make_source(token_auth(openbao, tmp_path, kv2.policy))
+
+    result = source.fetch(environment(kv2), "1")
+
+    assert Unchanged("1") == result
+
+
+def test_kv2_token_from_environment_variable(
+    openbao: OpenBao,
+    kv2: Secret,
+    make_source: Callable[..., VaultSource],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without token_file, the token comes from VAULT_TOKEN."""
+    monkeypatch.setenv("VAULT_TOKEN", openbao.token([kv2.policy]))
+    source = make_source(VaultAuthConfig(method="token"))
+
+    value = fetched(source.fetch(environment(kv2), None))
+
+    assert "key-one" == value.api_key.reveal()
+
+
+def test_kv2_pinned_version_is_read_even_after_newer_writes(
+    openbao: OpenBao, kv2: Secret, make_source: Callable[..., VaultSource], tmp_path: Path
+) -> None:
+    """environment.version pins a KV v2 version."""
+    openbao.kv2_put(kv2.path, {"api_key": "key-two", "partner_id": "085"})
+    source = make_source(token_auth(openbao, tmp_path, kv2.policy))
+
+    value = fetched(source.fetch(environment(kv2, version=1), None))
+
+    assert ("key-one", "1") == (value.api_key.reveal(), value.version)
+
+
+def test_new_kv2_version_rotates_the_key_on_next_check(
+    openbao: OpenBao,
+    kv2: Secret,
+    make_source: Callable[..., VaultSource],
+    tmp_path: Path,
+    logs: LogCapture,
+) -> None:
+    """A new KV version is picked up by the next check through the KeyManager: key.rotated."""
+    source = make_source(token_auth(openbao, tmp_path, kv2.policy))
+    env = environment(kv2)
+    store = KeyStore()
+
+    async def scenario() -> tuple[str | None, str | None]:
+        manager = KeyManager(
+            Config(environments={"sandbox": env}),
+            {"vault": source},
+            store,
+        )
+        first = await manager.check("sandbox", Trigger.STARTUP)
+        openbao.kv2_put(kv2.path, {"api_key": "key-two", "partner_id": "085"})
+        second = await manager.check("sandbox", Trigger.SCHEDULE)
+        await manager.stop()
+        return first.key_version, second.key_version
+
+    assert ("1", "2") == asyncio.run(scenario())
+    rotated = logs.wait_for("key.rotated", environment="sandbox")
+    assert ("1", "2") == (rotated["old_version"], rotated["new_version"])
+    snapshot = store.get("sandbox")
+    assert snapshot is not None
+    assert "key-two" == snapshot.api_key.reveal()
+
+
+@pytest.mark.parametrize("removal", ["delete", "destroy"])
+def test_deleted_latest_version_is_secret_deleted(
+    openbao: OpenBao,
+    kv2: Secret,
+    make_source: Callable[..., VaultSource],
+    tmp_path: Path,
+    removal: str,
+) -> None:
+    """A soft-deleted or destroyed latest version is AccessLostError(secret_deleted)."""
+    source = make_source(token_auth(openbao, tmp_path, kv2.policy))
+    env = environment(kv2)
+    source.fetch(env, None)
+    kv = openbao.admin.secrets.kv.v2
+    if removal == "delete":
+        kv.delete_latest_version_of_secret(kv2.path)
+    else:
+        kv.destroy_secret_versions(kv2.path, versions=[1])
+
+    with pytest.raises(AccessLostError) as check:
+        source.fetch(env, "1")
+    with pytest.raises(AccessLostError) as full_read:
+        source.fetch(env, None)
+
+    assert ("secret_deleted", "secret_deleted") == (check.value.code, full_read.value.code)
+
+
+def test_deleted_latest_version_keeps_the_last_good_key(
+    openbao: OpenBao, kv2: Secret, make_source: Callable[..., VaultSource], tmp_path: Path
+) -> None:
+    """After the latest version is deleted, the engine keeps serving the last good key."""
+    source = make_source(token_auth(openbao, tmp_path, kv2.policy))
+    store = KeyStore()
+
+    async def scenario() -> tuple[str | None, str]:
+        manager = KeyManager(
+            Config(environments={"sandbox": environment(kv2)}), {"vault": source}, store
+        )
+        await manager.check("sandbox", Trigger.STARTUP)
+        openbao.admin.secrets.kv.v2.delete_latest_version_of_secret(kv2.path)
+        outcome = await manager.check("sandbox", Trigger.SCHEDULE)
+        serving = manager.signing_key("sandbox").version
+        await manager.stop()
+        return outcome.error, serving
+
+    error, serving = asyncio.run(scenario())
+
+    assert error is not None
+    assert "deleted" in error
+    assert "1" == serving
+
+
+def test_missing_secret_is_access_lost(
+    openbao: OpenBao, make_source: Callable[..., VaultSource], tmp_path: Path
+) -> None:
+    """A path that never existed is AccessLostError(secret_not_found)."""
+    path = f"smileid/{openbao.unique('t')}/none"
+    secret = Secret(path, read_only_policy(openbao, "secret", path, 2))
+    source = make_source(token_auth(openbao, tmp_path, secret.policy))
+
+    with pytest.raises(AccessLostError) as caught:
+        source.fetch(environment(secret), None)
+
+    assert "secret_not_found" == caught.value.code
+
+
+# -- KV v1 -----------------------------------------------------------------------------
+
+
+def test_kv1_versions_by_content_hash(
+    openbao: OpenBao, make_source: Callable[..., VaultSource], tmp_path: Path
+) -> None:
+    """KV v1 has no versions: a content hash stands in, Unchanged until the content changes."""
+    mount = openbao.kv1_mount()
+    path = "smileid/sandbox"
+    openbao.kv1_put(mount, path, {"api_key": "v1-key-one", "partner_id": "085"})
+    secret = Secret(path, read_only_policy(openbao, mount, path, 1), mount)
+    source = make_source(token_auth(openbao, tmp_path, secret.policy), mount=mount, kv_version=1)
+    env = environment(secret)
+
+    first = fetched(source.fetch(env, None))
+    again = source.fetch(env, first.version)
+    openbao.kv1_put(mount, path, {"api_key": "v1-key-two", "partner_id": "085"})
+    changed = fetched(source.fetch(env, first.version))
+
+    assert first.version.startswith("sha256:")
+    assert Unchanged(first.version) == again
+    assert "v1-key-two" == changed.api_key.reveal()
+    assert first.version != changed.version
+
+
+# -- AppRole and policies --------------------------------------------------------------
+
+
+def test_approle_reads_only_what_its_policy_allows(
+    openbao: OpenBao, kv2: Secret, make_source: Callable[..., VaultSource], tmp_path: Path
+) -> None:
+    """An AppRole login reads its secret; a path outside its policy is access_denied."""
+    other = f"smileid/{openbao.unique('t')}/production"
+    openbao.kv2_put(other, {"api_key": "not-yours", "partner_id": "085"})
+    source = make_source(approle_auth(openbao, tmp_path, kv2.policy))
+
+    value = fetched(source.fetch(environment(kv2), None))
+    with pytest.raises(AccessLostError) as caught:
+        source.fetch(EnvironmentConfig(name="production", source="vault", secret=other), None)
+
+    assert "key-one" == value.api_key.reveal()
+    assert "access_denied" == caught.value.code
+    assert "not-yours" not in str(caught.value)
+
+
+def test_approle_secret_id_file_removed_and_kept_in_memory(
+    openbao: OpenBao,
+    kv2: Secret,
+    make_source: Callable[..., VaultSource],
+    tmp_path: Path,
+    logs: LogCapture,
+) -> None:
+    """With remove_secret_id_file_after_reading the file goes; the secret id serves re-logins."""
+    auth = approle_auth(openbao, tmp_path, kv2.policy)
+    auth = VaultAuthConfig(
+        method="approle",
+        role_id_file=auth.role_id_file,
+        secret_id_file=auth.secret_id_file,
+        remove_secret_id_file_after_reading=True,
+    )
+    source = make_source(auth)
+    env = environment(kv2)
+
+    fetched(source.fetch(env, None))
+    assert auth.secret_id_file is not None
+    removed = not auth.secret_id_file.exists()
+    openbao.revoke_approle_tokens()
+    after = source.fetch(env, "1")
+
+    assert removed
+    assert Unchanged("1") == after
+    assert "permission_denied" == logs.wait_for("vault.reauthenticated")["reason"]
+
+
+def test_revoked_token_is_replaced_by_logging_in_again(
+    openbao: OpenBao,
+    kv2: Secret,
+    make_source: Callable[..., VaultSource],
+    tmp_path: Path,
+    logs: LogCapture,
+) -> None:
+    """A 403 after the token was revoked triggers a re-login and one retry of the read."""
+    source = make_source(approle_auth(openbao, tmp_path, kv2.policy))
+    env = environment(kv2)
+    source.fetch(env, None)
+
+    openbao.revoke_approle_tokens()
+    result = source.fetch(env, "1")
+
+    assert Unchanged("1") == result
+    event = logs.wait_for("vault.reauthenticated")
+    assert ("approle", "permission_denied") == (event["auth_method"], event["reason"])
+
+
+def test_token_file_is_reread_after_revocation(
+    openbao: OpenBao, kv2: Secret, make_source: Callable[..., VaultSource], tmp_path: Path
+) -> None:
+    """Vault Agent rewrites token_file: after a 403 the new token in the file is used."""
+    auth = token_auth(openbao, tmp_path, kv2.policy)
+    assert auth.token_file is not None
+    source = make_source(auth)
+    env = environment(kv2)
+    source.fetch(env, None)
+
+    openbao.admin.auth.token.revoke(auth.token_file.read_text().strip())
+    write(tmp_path, "token", openbao.token([kv2.policy]))
+    result = source.fetch(env, "1")
+
+    assert Unchanged("1") == result
+
+
+def test_rejected_credentials_are_auth_failed_without_the_secret(
+    openbao: OpenBao, kv2: Secret, make_source: Callable[..., VaultSource], tmp_path: Path
+) -> None:
+    """A wrong secret id is AccessLostError(auth_failed); the message does not repeat it."""
+    _role, role_id, _secret_id = openbao.approle([kv2.policy])
+    wrong = "00000000-dead-beef-0000-000000000000"
+    source = make_source(
+        VaultAuthConfig(
+            method="approle",
+            role_id_file=write(tmp_path, "role-id", role_id),
+            secret_id_file=write(tmp_path, "secret-id", wrong),
+        )
+    )
+
+    with pytest.raises(AccessLostError) as caught:
+        source.fetch(environment(kv2), None)
+
+    assert "auth_failed" == caught.value.code
+    assert wrong not in str(caught.value)
+    assert role_id not in str(caught.value)
+
+
+# -- token lifecycle -------------------------------------------------------------------
+
+
+def test_short_lived_token_is_renewed_in_the_background(
+    openbao: OpenBao,
+    kv2: Secret,
+    make_source: Callable[..., VaultSource],
+    tmp_path: Path,
+    logs: LogCapture,
+) -> None:
+    """A token with a 3s TTL is renewed at about two thirds of it and keeps reading."""
+    source = make_source(approle_auth(openbao, tmp_path, kv2.policy, token_ttl="3s"))
+    env = environment(kv2)
+    source.fetch(env, None)
+
+    renewed = logs.wait_for("vault.token_renewed", source="vault")
+    result = source.fetch(env, "1")
+
+    assert 3 == renewed["ttl_s"]
+    assert Unchanged("1") == result
+    assert [] == logs.matching("vault.reauthenticated")
+
+
+def test_token_near_max_ttl_is_replaced_by_a_new_login(
+    openbao: OpenBao,
+    kv2: Secret,
+    make_source: Callable[..., VaultSource],
+    tmp_path: Path,
+    logs: LogCapture,
+) -> None:
+    """When a renewal is capped by the max TTL, the source logs in again."""
+    source = make_source(
+        approle_auth(openbao, tmp_path, kv2.policy, token_ttl="3s", token_max_ttl="6s")
+    )
+    env = environment(kv2)
+    source.fetch(env, None)
+
+    event = logs.wait_for("vault.reauthenticated", reason="max_ttl")
+    result = source.fetch(env, "1")
+
+    assert ("approle", 3) == (event["auth_method"], event["ttl_s"])
+    assert Unchanged("1") == result
+
+
+def test_close_stops_the_renewer(
+    openbao: OpenBao, kv2: Secret, make_source: Callable[..., VaultSource], tmp_path: Path
+) -> None:
+    """close() stops the background renewal thread."""
+    source = make_source(approle_auth(openbao, tmp_path, kv2.policy))
+    source.fetch(environment(kv2), None)
+    name = f"sidkeyd-vault-renew-{source.name}"
+
+    running = [t for t in threading.enumerate() if t.name == name]
+    source.close()
+
+    assert 1 <= len(running)
+    assert not any(t.is_alive() for t in running)
+
+
+# -- outages ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def private_openbao(tmp_path: Path) -> Iterator[OpenBao]:
+    """A server of its own, for tests that seal it."""
+    server = OpenBao.start(tmp_path / "openbao")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_sealed_vault_is_transient_and_recovers_after_unseal(
+    private_openbao: OpenBao, tmp_path: Path
+) -> None:
+    """Sealed: TransientSourceError; after unseal the next check succeeds, no restart needed."""
+    server = private_openbao
+    path = "smileid/sandbox"
+    server.kv2_put(path, {"api_key": "key-one", "partner_id": "085"})
+    secret = Secret(path, read_only_policy(server, "secret", path, 2))
+    _role, role_id, secret_id = server.approle([secret.policy])
+    source = VaultSource(
+        VaultSourceConfig(
+            name="vault",
+            url=server.url,
+            auth=VaultAuthConfig(
+                method="approle",
+                role_id_file=write(tmp_path, "role-id", role_id),
+                secret_id_file=write(tmp_path, "secret-id", secret_id),
+            ),
+        )
+    )
+    env = environment(secret)
+    try:
+        source.fetch(env, None)
+        server.seal()
+        try:
+            with pytest.raises(TransientSourceError) as caught:
+                source.fetch(env, "1")
+        finally:
+            server.unseal()
+        after = source.fetch(env, "1")
+    finally:
+        source.close()
+
+    assert "vault_unavailable" == caught.value.code
+    assert Unchanged("1") == after
+
+
+def test_unreachable_vault_is_transient(tmp_path: Path) -> None:
+    """Nothing listening: TransientSourceError(unreachable), not a crash."""
+    source = VaultSource(
+        VaultSourceConfig(
+            name="vault",
+            url=f"http://127.0.0.1:{free_port()}",
+            auth=VaultAuthConfig(method="token", token_file=write(tmp_path, "token", "t")),
+        )
+    )
+    try:
+        with pytest.raises(TransientSourceError) as caught:
+            source.fetch(EnvironmentConfig(name="s", source="vault", secret="x"), None)
+    finally:
+        source.close()
+
+    assert "unreachable" == caught.value.code
+
+
+def test_no_log_line_carries_a_credential(
+    openbao: OpenBao,
+    kv2: Secret,
+    make_source: Callable[..., VaultSource],
+    tmp_path: Path,
+    logs: LogCapture,
+) -> None:
+    """Login, renewal and re-login events name the method and TTL, never a credential."""
+    auth = approle_auth(openbao, tmp_path, kv2.policy, token_ttl="3s")
+    assert auth.role_id_file is not None
+    assert auth.secret_id_file is not None
+    credentials = [auth.role_id_file.read_text().strip(), auth.secret_id_file.read_text().strip()]
+    source = make_source(auth)
+    source.fetch(environment(kv2), None)
+    logs.wait_for("vault.token_renewed")
+    openbao.revoke_approle_tokens()
+    source.fetch(environment(kv2), "1")
+    logs.wait_for("vault.reauthenticated")
+
+    text = repr(logs.events) + repr(source)
+
+    assert [] == [c for c in [*credentials, "key-one"] if c in text]

@@ -1,0 +1,137 @@
+"""The Vault source's translation of hvac and requests exceptions into sidkeyd's errors."""
+
+from __future__ import annotations
+
+import inspect
+
+import hvac.exceptions
+import pytest
+import requests.exceptions
+
+from sidkeyd.errors import (
+    AccessLostError,
+    PermanentSourceError,
+    SourceError,
+    TransientSourceError,
+)
+from sidkeyd.sources.vault import ERROR_MAP, translate
+
+VAULT_ERRORS = sorted(
+    (
+        cls
+        for _name, cls in inspect.getmembers(hvac.exceptions, inspect.isclass)
+        if issubclass(cls, hvac.exceptions.VaultError)
+    ),
+    key=lambda cls: cls.__name__,
+)
+
+
+@pytest.mark.parametrize("cls", VAULT_ERRORS, ids=lambda cls: cls.__name__)
+def test_every_hvac_exception_has_its_own_mapping(cls: type[Exception]) -> None:
+    """A new exception class in hvac.exceptions must be mapped on purpose, not by inheritance."""
+    assert cls in ERROR_MAP
+
+
+def test_hvac_exceptions_were_found() -> None:
+    """The scan above saw the module's classes (guards against an empty parametrization)."""
+    assert hvac.exceptions.VaultDown in VAULT_ERRORS
+    assert hvac.exceptions.VaultError in VAULT_ERRORS
+
+
+@pytest.mark.parametrize(
+    ("status", "expected_type", "expected_code"),
+    [
+        (400, PermanentSourceError, "invalid_request"),
+        (401, AccessLostError, "access_denied"),
+        (403, AccessLostError, "access_denied"),
+        (404, AccessLostError, "secret_not_found"),
+        (429, TransientSourceError, "rate_limited"),
+        (500, TransientSourceError, "server_error"),
+        (501, TransientSourceError, "vault_not_initialized"),
+        (502, TransientSourceError, "bad_gateway"),
+        (503, TransientSourceError, "vault_unavailable"),
+        (504, TransientSourceError, "unexpected_status"),
+    ],
+)
+def test_status_codes_translate_by_meaning(
+    status: int, expected_type: type[SourceError], expected_code: str
+) -> None:
+    """Each HTTP status hvac raises for becomes a transient or permanent error with a code."""
+    exc = hvac.exceptions.VaultError.from_status(status, "boom", method="GET", url="/v1/x")
+
+    error = translate(exc, "reading secret/data/x")
+
+    assert (expected_type, expected_code) == (type(error), error.code)
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected_type", "expected_code"),
+    [
+        (requests.exceptions.ConnectionError("refused"), TransientSourceError, "unreachable"),
+        (requests.exceptions.ConnectTimeout("slow"), TransientSourceError, "timeout"),
+        (requests.exceptions.ReadTimeout("slow"), TransientSourceError, "timeout"),
+        (requests.exceptions.SSLError("bad certificate"), PermanentSourceError, "tls_error"),
+        (requests.exceptions.InvalidJSONError("html"), TransientSourceError, "request_failed"),
+        (hvac.exceptions.ParamValidationError("x"), PermanentSourceError, "invalid_parameters"),
+        (hvac.exceptions.PreconditionFailed("x"), TransientSourceError, "not_replicated_yet"),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, Exception) else None,
+)
+def test_library_exceptions_translate_by_meaning(
+    exc: Exception, expected_type: type[SourceError], expected_code: str
+) -> None:
+    """Connection, timeout and TLS failures from requests are mapped like hvac's."""
+    error = translate(exc, "reading secret/data/x")
+
+    assert (expected_type, expected_code) == (type(error), error.code)
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404])
+def test_refused_login_is_auth_failed(status: int) -> None:
+    """During a login, a refusal means this host's credentials are no good: auth_failed."""
+    exc = hvac.exceptions.VaultError.from_status(status, "invalid role or secret ID")
+
+    error = translate(exc, "approle login", login=True)
+
+    assert (AccessLostError, "auth_failed") == (type(error), error.code)
+
+
+def test_sealed_during_login_stays_transient() -> None:
+    """A sealed Vault during a login is still a transient outage, not lost access."""
+    exc = hvac.exceptions.VaultDown("Vault is sealed")
+
+    error = translate(exc, "approle login", login=True)
+
+    assert (TransientSourceError, "vault_unavailable") == (type(error), error.code)
+
+
+def test_message_names_the_step_and_vaults_reason() -> None:
+    """The reason says what was being done and what Vault answered."""
+    exc = hvac.exceptions.Forbidden(errors=["1 error occurred:\n\t* permission denied\n\n"])
+
+    error = translate(exc, "reading secret/data/smileid/sandbox")
+
+    assert (
+        "reading secret/data/smileid/sandbox: Forbidden (1 error occurred: * permission denied)"
+        == error.reason
+    )
+
+
+def test_message_never_repeats_a_held_credential() -> None:
+    """Anything Vault echoes back that matches a credential held is replaced."""
+    secret_id = "6d4b1f0c-aaaa-bbbb-cccc-000000000000"
+    exc = hvac.exceptions.InvalidRequest(errors=[f"invalid secret id {secret_id}"])
+
+    error = translate(exc, "approle login", login=True, secrets=(secret_id,))
+
+    assert secret_id not in str(error)
+    assert "[REDACTED]" in error.reason
+
+
+def test_requests_messages_are_not_repeated() -> None:
+    """requests' messages carry URLs and urllib3 internals: only the class name is kept."""
+    exc = requests.exceptions.ConnectionError("HTTPConnectionPool(host='x'): Max retries exceeded")
+
+    error = translate(exc, "reading secret/data/x")
+
+    assert "reading secret/data/x: ConnectionError" == error.reason
