@@ -3,6 +3,7 @@
 Routes (see docs/protocol.md):
     POST /v1/sign     {"environment", "timestamp"?}
     POST /v1/verify   {"environment", "timestamp", "signature"}
+    POST /v1/report   {"environment", "key_version", "status"}  Smile ID rejected a signature
     POST /v1/refresh  {"environment"?}                          admin peers only
     GET  /v1/status
     GET  /v1/health
@@ -62,6 +63,7 @@ class Application:
         self._routes: dict[str, dict[str, Callable[[Request], Result]]] = {
             "/v1/sign": {"POST": self.sign},
             "/v1/verify": {"POST": self.verify},
+            "/v1/report": {"POST": self.report},
             "/v1/refresh": {"POST": self.refresh},
             "/v1/status": {"GET": self.status},
             "/v1/health": {"GET": self.health},
@@ -156,6 +158,33 @@ class Application:
             },
         )
 
+    def report(self, request: Request) -> Result:
+        body = self._fields(
+            request, required=("environment", "key_version", "status"), allow_int=("status",)
+        )
+        environment = self._environment(body)
+        return self._report(environment, body["key_version"], str(body["status"]), request)
+
+    async def _report(
+        self, environment: str, key_version: str, status: str, request: Request
+    ) -> Response:
+        outcome = await self._manager.report(
+            environment,
+            untrusted(key_version, 128),
+            untrusted(status, 16),
+            **request.peer.log_fields(),
+        )
+        return json_response(
+            200,
+            {
+                "environment": environment,
+                "key_version": outcome.key_version,
+                "checked": outcome.checked,
+                "changed": outcome.changed,
+                "reason": outcome.reason,
+            },
+        )
+
     def refresh(self, request: Request) -> Result:
         if request.peer.uid not in self._admin_uids:
             raise BadRequest("forbidden", "refresh is for admin peers only", status=403)
@@ -240,6 +269,7 @@ class Application:
         required: tuple[str, ...],
         optional: tuple[str, ...] = (),
         allow_empty: bool = False,
+        allow_int: tuple[str, ...] = (),
     ) -> dict[str, str]:
         if not request.body and allow_empty:
             return {}
@@ -256,7 +286,9 @@ class Application:
             if name not in body:
                 raise BadRequest("invalid_request", f"field {name!r} is required")
         for name, value in body.items():
-            if not isinstance(value, str):
+            if isinstance(value, int) and not isinstance(value, bool) and name in allow_int:
+                body[name] = str(value)
+            elif not isinstance(value, str):
                 raise BadRequest("invalid_request", f"field {name!r} must be a string")
         return body
 

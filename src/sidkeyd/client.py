@@ -10,11 +10,26 @@ import json
 import os
 import socket
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from sidkeyd.errors import DaemonUnavailableError, RequestFailedError
 
 DEFAULT_SOCKET = "/run/sidkeyd/sidkeyd.sock"
+T = TypeVar("T")
+
+
+def status_of(response: object) -> int | None:
+    """The HTTP status of a requests/httpx/urllib response, or None."""
+    for attribute in ("status_code", "status", "code"):
+        value = getattr(response, attribute, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def is_unauthorized(response: object) -> bool:
+    return status_of(response) == 401
 
 
 def default_socket_path() -> str:
@@ -49,6 +64,33 @@ class Client:
     def health(self) -> tuple[bool, dict[str, Any]]:
         status, payload = self.request("GET", "/v1/health")
         return status == 200, payload
+
+    def report(self, environment: str, key_version: str, status: int | str) -> dict[str, Any]:
+        """Tell the daemon Smile ID rejected a signature; the answer names the key to use now."""
+        body = {"environment": environment, "key_version": key_version, "status": status}
+        return self._ok(*self.request("POST", "/v1/report", body))
+
+    def send_signed(
+        self,
+        environment: str,
+        send: Callable[[dict[str, Any]], T],
+        *,
+        rejected: Callable[[T], bool] = is_unauthorized,
+    ) -> T:
+        """Sign, ``send(signed)``; if Smile ID rejected it, report, sign again and retry once.
+
+        A key rotated at Smile ID is disabled at once: the report makes the daemon check its
+        backend now, so the retry is signed with the new key.
+        """
+        signed = self.sign(environment)
+        result = send(signed)
+        if not rejected(result):
+            return result
+        status = status_of(result)
+        self.report(
+            environment, signed["key_version"], status if status is not None else "rejected"
+        )
+        return send(self.sign(environment))
 
     def refresh(self, environment: str | None = None) -> dict[str, Any]:
         body = {"environment": environment} if environment else {}

@@ -32,7 +32,7 @@ from sidkeyd.errors import (
 )
 from sidkeyd.keystore import KeySnapshot, KeyStore
 from sidkeyd.log import get_logger
-from sidkeyd.sources import SecretValue, Source, Unchanged
+from sidkeyd.sources import SecretValue, Source, Unchanged, WatchingSource
 
 
 class Trigger(StrEnum):
@@ -83,6 +83,17 @@ class CheckOutcome:
     key_version: str | None
     changed: bool
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class ReportOutcome:
+    """What a client that was rejected by Smile ID should do next: sign with ``key_version``."""
+
+    environment: str
+    key_version: str | None
+    checked: bool  # a backend check ran (or was joined) for this report
+    changed: bool
+    reason: str  # "checked", "already_rotated" or "rate_limited"
 
 
 def backoff_delay(failures: int, low: timedelta, high: timedelta, rng: random.Random) -> float:
@@ -142,6 +153,7 @@ class KeyManager:
             max_workers=min(8, max(2, len(self._states))), thread_name_prefix="sidkeyd-fetch"
         )
         self._scheduler: AsyncIOScheduler | None = None
+        self._background: set[asyncio.Future[CheckOutcome]] = set()
         self._log = get_logger()
 
     # -- the sign path -------------------------------------------------------------------
@@ -197,11 +209,15 @@ class KeyManager:
             if state.consecutive_failures:
                 self._schedule_retry(state)
         self._scheduler.start()
+        self._start_watchers()
 
     async def stop(self) -> None:
         if self._scheduler is not None and self._scheduler.running:
             self._scheduler.shutdown(wait=False)
-        pending = [s.inflight for s in self._states.values() if s.inflight is not None]
+        pending: list[asyncio.Future[CheckOutcome]] = [
+            s.inflight for s in self._states.values() if s.inflight is not None
+        ]
+        pending.extend(self._background)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
@@ -213,7 +229,68 @@ class KeyManager:
         for source in {id(s): s for s in self._sources.values()}.values():
             source.close()
 
+    def _start_watchers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for name, source in self._sources.items():
+            if not isinstance(source, WatchingSource):
+                continue
+
+            def on_change(changed: str, source_name: str = name) -> None:
+                loop.call_soon_threadsafe(self._notified, source_name, changed)
+
+            source.watch(on_change)
+
+    def check_soon(self, trigger: Trigger, names: list[str] | None = None, **fields: Any) -> None:
+        """Start forced checks without waiting for them (signals, watchers)."""
+        for name in self._states if names is None else names:
+            task = asyncio.ensure_future(self.check(name, trigger, force=True, **fields))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    def _notified(self, source_name: str, changed: str) -> None:
+        """A watcher says ``changed`` changed: check every environment that holds it."""
+        source = self._sources[source_name]
+        assert isinstance(source, WatchingSource)
+        names = [
+            state.name
+            for state in self._states.values()
+            if state.config.source == source_name and source.matches(state.config.secret, changed)
+        ]
+        self.check_soon(Trigger.NOTIFY, names, secret=changed)
+
     # -- checks --------------------------------------------------------------------------
+
+    async def report(
+        self, environment: str, key_version: str, status: str, **peer: Any
+    ) -> ReportOutcome:
+        """A client says Smile ID rejected a signature made with ``key_version``.
+
+        If that is still the key held, check the backend now: at most one report-forced check
+        per ``report_interval``, and concurrent reports join the check in flight.
+        """
+        state = self._states[environment]
+        held = self._store.get(environment)
+        self._log.warning(
+            "key.rejection_reported",
+            environment=environment,
+            key_version=key_version,
+            status=status,
+            held_version=held.version if held else None,
+            **peer,
+        )
+        if held is not None and held.version != key_version:
+            return ReportOutcome(environment, held.version, False, False, "already_rotated")
+        now = asyncio.get_running_loop().time()
+        limit = state.config.refresh.report_interval.total_seconds()
+        if state.inflight is None and now - state.last_forced_at < limit:
+            version = held.version if held else None
+            return ReportOutcome(environment, version, False, False, "rate_limited")
+        if state.inflight is None:
+            state.last_forced_at = now
+        outcome = await self.check(
+            environment, Trigger.REPORT, force=True, reported_version=key_version, **peer
+        )
+        return ReportOutcome(environment, outcome.key_version, True, outcome.changed, "checked")
 
     async def check(
         self, environment: str, trigger: Trigger, *, force: bool = False, **fields: Any

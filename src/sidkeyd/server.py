@@ -37,7 +37,6 @@ class Server:
         self._should_exit = asyncio.Event()
         self._log = get_logger()
         self.manager: KeyManager | None = None
-        self._background: set[asyncio.Task[object]] = set()
 
     def run(self) -> None:
         """Run until SIGTERM/SIGINT, on uvloop when it is installed."""
@@ -106,15 +105,9 @@ class Server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_exit)
-        loop.add_signal_handler(signal.SIGHUP, lambda: self._refresh_all(manager))
+        loop.add_signal_handler(signal.SIGHUP, lambda: manager.check_soon(Trigger.SIGNAL))
 
     def _remove_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
-
-    def _refresh_all(self, manager: KeyManager) -> None:
-        for name in self.config.environments:
-            task = asyncio.ensure_future(manager.check(name, Trigger.SIGNAL, force=True))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)

@@ -263,3 +263,76 @@ def test_host_offset_is_stable_and_within_the_interval() -> None:
     assert host_offset("a", "sandbox", interval) == host_offset("a", "sandbox", interval)
     assert all(timedelta(0) <= o < interval for o in offsets)
     assert len(offsets) > 40
+
+
+def test_report_of_an_old_version_answers_without_a_check() -> None:
+    """A client reporting a version already replaced is told the current one at once."""
+    manager, source, _ = make()
+
+    async def body() -> None:
+        await manager.start()
+        source.put("smileid/sandbox", "key-two", "v2")
+        await manager.check("sandbox", Trigger.SCHEDULE)
+        fetches = len(source.fetches)
+        outcome = await manager.report("sandbox", "v1", "401")
+        await manager.stop()
+        assert ("v2", "already_rotated", fetches) == (
+            outcome.key_version,
+            outcome.reason,
+            len(source.fetches),
+        )
+
+    run(body)
+
+
+def test_report_of_the_held_version_checks_now_and_returns_the_new_one() -> None:
+    """Rejected with the held key: a forced check picks up the rotation."""
+    manager, source, _ = make()
+
+    async def body() -> None:
+        await manager.start()
+        source.put("smileid/sandbox", "key-two", "v2")
+        outcome = await manager.report("sandbox", "v1", "401")
+        await manager.stop()
+        assert ("v2", True, True) == (outcome.key_version, outcome.checked, outcome.changed)
+
+    run(body)
+
+
+def test_burst_of_reports_makes_one_backend_call() -> None:
+    """100 concurrent reports share one check; a report just after is rate limited."""
+    manager, source, _ = make()
+
+    async def body() -> None:
+        await manager.start()
+        outcomes = await asyncio.gather(
+            *(manager.report("sandbox", "v1", "401") for _ in range(100))
+        )
+        late = await manager.report("sandbox", "v1", "401")
+        await manager.stop()
+        assert {"checked"} == {o.reason for o in outcomes}
+        assert "rate_limited" == late.reason
+
+    run(body)
+    assert 2 == len(source.fetches)  # startup and the one report-forced check
+
+
+def test_watcher_notification_checks_matching_environments() -> None:
+    """A watching source's change event forces a check of the environments that hold it."""
+    manager, source, _ = make()
+    watchers: list = []
+    source.watch = watchers.append  # type: ignore[attr-defined]
+    source.matches = lambda secret, changed: secret == changed  # type: ignore[attr-defined]
+
+    async def body() -> None:
+        await manager.start()
+        source.put("smileid/sandbox", "key-two", "v2")
+        with capture_logs() as logs:
+            watchers[0]("other/secret")
+            watchers[0]("smileid/sandbox")
+            await until(lambda: manager.signing_key("sandbox").version == "v2")
+        await manager.stop()
+        forced = [e for e in logs if e["event"] == "refresh.forced"]
+        assert [("notify", "smileid/sandbox")] == [(e["trigger"], e["secret"]) for e in forced]
+
+    run(body)

@@ -5,8 +5,9 @@ A source is blocking (boto3 and hvac are): the rotation engine calls it off the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from sidkeyd.config import EnvironmentConfig, SourceConfig
 from sidkeyd.keystore import ApiKey
@@ -48,6 +49,19 @@ class Source(Protocol):
 
     def close(self) -> None:
         """Release clients and background resources."""
+        ...
+
+
+@runtime_checkable
+class WatchingSource(Protocol):
+    """A source that can also be told of changes (e.g. AWS events through SQS)."""
+
+    def watch(self, on_change: Callable[[str], None]) -> None:
+        """Start watching in the background; call ``on_change(secret_id)`` from any thread."""
+        ...
+
+    def matches(self, secret: str, changed: str) -> bool:
+        """Whether a change to ``changed`` (a name or an ARN...) concerns the ``secret`` held."""
         ...
 
 
