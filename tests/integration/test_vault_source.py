@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,7 @@ from sidkeyd.config import (
     VaultAuthConfig,
     VaultSourceConfig,
 )
-from sidkeyd.errors import AccessLostError, TransientSourceError
+from sidkeyd.errors import AccessLostError, PermanentSourceError, TransientSourceError
 from sidkeyd.keystore import KeyStore
 from sidkeyd.rotation import KeyManager, Trigger
 from sidkeyd.sources import SecretValue, Unchanged
@@ -577,3 +581,181 @@ def test_no_log_line_carries_a_credential(
     text = repr(logs.events) + repr(source)
 
     assert [] == [c for c in [*credentials, "key-one"] if c in text]
+
+
+# -- TLS -------------------------------------------------------------------------------
+
+TLS_NAME = "vault.sidkeyd.test"
+
+
+def make_tls_files(folder: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate valid for TLS_NAME only (no IP SAN)."""
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(common: str) -> Any:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    now = datetime.now(UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("sidkeyd test CA"))
+        .issuer_name(name("sidkeyd test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name(TLS_NAME))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(TLS_NAME)]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    paths = folder / "ca.pem", folder / "server.pem", folder / "server-key.pem"
+    paths[0].write_bytes(ca.public_bytes(pem))
+    paths[1].write_bytes(cert.public_bytes(pem))
+    paths[2].write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return paths
+
+
+@dataclass
+class TlsServer:
+    server: OpenBao
+    https_url: str
+    ca_cert: Path
+
+
+@pytest.fixture
+def tls_openbao(tmp_path: Path) -> Iterator[TlsServer]:
+    """A server of its own with an extra HTTPS listener whose certificate names TLS_NAME only."""
+    folder = tmp_path / "openbao-tls"
+    folder.mkdir()
+    ca, cert, key = make_tls_files(folder)
+    port = free_port()
+    listener = folder / "listener.hcl"
+    listener.write_text(
+        f'listener "tcp" {{\n  address = "127.0.0.1:{port}"\n'
+        f'  tls_cert_file = "{cert}"\n  tls_key_file = "{key}"\n}}\n'
+    )
+    server = OpenBao.start(folder, extra_args=(f"-config={listener}",))
+    try:
+        yield TlsServer(server, f"https://127.0.0.1:{port}", ca)
+    finally:
+        server.stop()
+
+
+def tls_source(tls: TlsServer, folder: Path, **overrides: Any) -> tuple[VaultSource, Secret]:
+    path = "smileid/sandbox"
+    tls.server.kv2_put(path, {"api_key": "key-one", "partner_id": "085"})
+    secret = Secret(path, read_only_policy(tls.server, "secret", path, 2))
+    config = VaultSourceConfig(
+        name="vault",
+        url=tls.https_url,
+        auth=token_auth(tls.server, folder, secret.policy),
+        ca_cert=tls.ca_cert,
+        **overrides,
+    )
+    return VaultSource(config), secret
+
+
+def test_tls_server_name_verifies_a_certificate_for_another_name(
+    tls_openbao: TlsServer, tmp_path: Path
+) -> None:
+    """tls_server_name is sent as SNI and checked against the certificate, not the URL's host."""
+    source, secret = tls_source(tls_openbao, tmp_path, tls_server_name=TLS_NAME)
+    try:
+        value = fetched(source.fetch(environment(secret), None))
+    finally:
+        source.close()
+
+    assert "key-one" == value.api_key.reveal()
+
+
+def test_certificate_for_another_name_is_refused_without_tls_server_name(
+    tls_openbao: TlsServer, tmp_path: Path
+) -> None:
+    """Verification is on by default: a name mismatch is PermanentSourceError(tls_error)."""
+    source, secret = tls_source(tls_openbao, tmp_path)
+    try:
+        with pytest.raises(PermanentSourceError) as caught:
+            source.fetch(environment(secret), None)
+    finally:
+        source.close()
+
+    assert "tls_error" == caught.value.code
+
+
+# -- JWT -------------------------------------------------------------------------------
+
+
+def signed_jwt(key: Any, claims: dict[str, Any]) -> str:
+    """An ES256 JWT, built by hand so no JWT library is needed."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    header = b64(json.dumps({"alg": "ES256", "typ": "JWT"}).encode())
+    body = b64(json.dumps(claims).encode())
+    der = key.sign(f"{header}.{body}".encode(), ec.ECDSA(hashes.SHA256()))
+    r, s = decode_dss_signature(der)
+    return f"{header}.{body}.{b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+
+
+def test_jwt_login_reads_the_secret(
+    openbao: OpenBao,
+    kv2: Secret,
+    make_source: Callable[..., VaultSource],
+    tmp_path: Path,
+    logs: LogCapture,
+) -> None:
+    """auth method jwt logs in at its mount with jwt_file and role."""
+    pytest.importorskip("cryptography")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    mount = openbao.unique("jwt")
+    openbao.admin.sys.enable_auth_method("jwt", path=mount)
+    openbao.admin.auth.jwt.configure(jwt_validation_pubkeys=[public_pem.decode()], path=mount)
+    openbao.admin.auth.jwt.create_role(
+        name="sidkeyd",
+        role_type="jwt",
+        user_claim="sub",
+        bound_audiences=["sidkeyd"],
+        allowed_redirect_uris=[],
+        token_policies=[kv2.policy],
+        path=mount,
+    )
+    now = int(time.time())
+    token = signed_jwt(key, {"sub": "host-1", "aud": "sidkeyd", "iat": now, "exp": now + 600})
+    source = make_source(
+        VaultAuthConfig(
+            method="jwt", mount=mount, role="sidkeyd", jwt_file=write(tmp_path, "jwt", token)
+        )
+    )
+
+    value = fetched(source.fetch(environment(kv2), None))
+
+    assert "key-one" == value.api_key.reveal()
+    assert "jwt" == logs.wait_for("vault.authenticated")["auth_method"]
