@@ -284,6 +284,22 @@ def test_missing_credentials_are_permanent(
     assert "no_credentials" == caught.value.code
 
 
+def test_credentials_that_appear_later_are_used(
+    monkeypatch: pytest.MonkeyPatch, moto_endpoint: MotoEndpoint, secret: tuple[str, str]
+) -> None:
+    """A check after a no_credentials failure looks at the chain again and succeeds."""
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    aws = AwsSource(source_config(moto_endpoint.url))
+    try:
+        with pytest.raises(PermanentSourceError):
+            aws.fetch(env_config(secret[0]), None)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        value = fetch_value(aws, env_config(secret[0]))
+    finally:
+        aws.close()
+    assert KEY_ONE == value.api_key.reveal()
+
+
 def test_closed_source_refuses_to_fetch(source: AwsSource, secret: tuple[str, str]) -> None:
     """After close() a fetch raises source_closed instead of building new clients."""
     source.close()

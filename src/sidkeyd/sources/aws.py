@@ -245,6 +245,10 @@ class AwsSource:
             if client is None:
                 session = self._session or self._build_session()
                 self._session = session
+                # A client built while the chain finds nothing would stay without credentials
+                # for good; failing now lets the next check look again (IMDS back, say).
+                if session.get_credentials() is None:
+                    raise bx.NoCredentialsError()
                 client = session.client(
                     "secretsmanager",
                     region_name=region,
