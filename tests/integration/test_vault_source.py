@@ -328,9 +328,13 @@ def test_kv1_versions_by_content_hash(
 
 
 def test_approle_reads_only_what_its_policy_allows(
-    openbao: OpenBao, kv2: Secret, make_source: Callable[..., VaultSource], tmp_path: Path
+    openbao: OpenBao,
+    kv2: Secret,
+    make_source: Callable[..., VaultSource],
+    tmp_path: Path,
+    logs: LogCapture,
 ) -> None:
-    """An AppRole login reads its secret; a path outside its policy is access_denied."""
+    """An AppRole login reads its secret; outside its policy: access_denied, no re-login."""
     other = f"smileid/{openbao.unique('t')}/production"
     openbao.kv2_put(other, {"api_key": "not-yours", "partner_id": "085"})
     source = make_source(approle_auth(openbao, tmp_path, kv2.policy))
@@ -342,6 +346,7 @@ def test_approle_reads_only_what_its_policy_allows(
     assert "key-one" == value.api_key.reveal()
     assert "access_denied" == caught.value.code
     assert "not-yours" not in str(caught.value)
+    assert [] == logs.matching("vault.reauthenticated")
 
 
 def test_approle_secret_id_file_removed_and_kept_in_memory(

@@ -219,9 +219,10 @@ class VaultSource:
             try:
                 return self._read(environment, held_version)
             except AccessLostError as exc:
-                if not isinstance(exc.__cause__, hvac_errors.Forbidden):
-                    raise
-            # 403: the token may have been revoked or replaced. Log in again, read once more.
+                if not isinstance(exc.__cause__, hvac_errors.Forbidden) or self._token_valid():
+                    raise  # a policy denial: logging in again would not help
+            # 403 and the token itself is refused: revoked, expired or replaced. Log in again
+            # and read once more.
             self._authenticate("permission_denied")
             return self._read(environment, held_version)
 
@@ -362,16 +363,28 @@ class VaultSource:
             renewable=lease.renewable,
         )
 
-    def _token_lookup(self) -> _Lease:
+    def _token_valid(self) -> bool:
+        """Whether Vault still accepts the current token (after a 403 on a read)."""
+        try:
+            with self._step("looking up the token"):
+                self._client.auth.token.lookup_self()
+        except AccessLostError:
+            return False  # revoked or expired (or lookup-self denied: logging in is harmless)
+        return True
+
+    def _configured_token(self) -> str:
         if self._auth.token_file is not None:
-            token = self._read_credential(self._auth.token_file, "token")
-        else:
-            token = os.environ.get("VAULT_TOKEN", "").strip()
-            if not token:
-                raise PermanentSourceError(
-                    "auth method 'token' needs token_file or the VAULT_TOKEN variable",
-                    code="credentials_unavailable",
-                )
+            return self._read_credential(self._auth.token_file, "token")
+        token = os.environ.get("VAULT_TOKEN", "").strip()
+        if not token:
+            raise PermanentSourceError(
+                "auth method 'token' needs token_file or the VAULT_TOKEN variable",
+                code="credentials_unavailable",
+            )
+        return token
+
+    def _token_lookup(self) -> _Lease:
+        token = self._configured_token()
         self._token = _Secret(token)
         self._client.token = token
         with self._step("looking up the token", login=True):
@@ -529,7 +542,10 @@ class VaultSource:
         get_logger().info(
             "vault.token_renewed", source=self.name, auth_method=self._auth.method, ttl_s=granted
         )
-        if granted < lease.login_ttl and can_login:
+        # The max TTL caps the renewal: log in again. With a token from a file or VAULT_TOKEN,
+        # switch only once Vault Agent has written a new one.
+        held = self._token.value if self._token is not None else None
+        if granted < lease.login_ttl and (can_login or self._configured_token() != held):
             self._authenticate("max_ttl")
 
     # -- plumbing ------------------------------------------------------------------------
