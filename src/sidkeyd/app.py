@@ -5,8 +5,10 @@ Routes (see docs/protocol.md):
     POST /v1/verify   {"environment", "timestamp", "signature"}
     POST /v1/report   {"environment", "key_version", "status"}  Smile ID rejected a signature
     POST /v1/refresh  {"environment"?}                          admin peers only
-    GET  /v1/status
+    GET  /v1/status                                             reduced for non-admins
     GET  /v1/health
+
+Sign, verify and report are allowed only to the peers an environment's ``allow`` lists.
 
 Handlers that wait on a backend return an awaitable; everything else answers synchronously so
 that the sign path never creates a task.
@@ -15,7 +17,6 @@ that the sign path never creates a task.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -25,6 +26,8 @@ from sidkeyd.config import Config
 from sidkeyd.errors import KeyUnavailableError
 from sidkeyd.http import Request, Response, error_response, json_response
 from sidkeyd.log import get_logger, untrusted
+from sidkeyd.peer import Peer
+from sidkeyd.ratelimit import RateLimiter, retry_after
 from sidkeyd.rotation import Health, KeyManager, Trigger
 from sidkeyd.signing import TimestampClock, TimestampError, check_timestamp
 
@@ -34,9 +37,15 @@ MAX_TIMESTAMP_CHARS = 64
 
 
 class BadRequest(Exception):
-    def __init__(self, code: str, message: str, status: int = 400) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        status: int = 400,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         self.code = code
-        self.response = error_response(status, code, message)
+        self.response = error_response(status, code, message, headers=headers)
         super().__init__(message)
 
 
@@ -58,7 +67,17 @@ class Application:
         self._clock = clock or TimestampClock()
         self._now = now
         self._skew = config.server.timestamp_skew
-        self._admin_uids = frozenset({0, os.getuid()})
+        self._admin = config.admin
+        self._policies = {name: env.allow for name, env in config.environments.items()}
+        server = config.server
+        self._limiter = (
+            RateLimiter(
+                server.sign_rate_limit,
+                server.sign_rate_burst or max(1, int(server.sign_rate_limit)),
+            )
+            if server.sign_rate_limit > 0
+            else None
+        )
         self._log = get_logger()
         self._routes: dict[str, dict[str, Callable[[Request], Result]]] = {
             "/v1/sign": {"POST": self.sign},
@@ -96,7 +115,16 @@ class Application:
 
     def sign(self, request: Request) -> Response:
         body = self._fields(request, required=("environment",), optional=("timestamp",))
-        environment = self._environment(body)
+        environment = self._environment(body, request.peer)
+        if self._limiter is not None:
+            wait = self._limiter.acquire(request.peer.uid)
+            if wait:
+                raise BadRequest(
+                    "rate_limited",
+                    "too many signatures for this uid; retry later",
+                    status=429,
+                    headers=(("Retry-After", retry_after(wait)),),
+                )
         timestamp = body.get("timestamp")
         if timestamp is None:
             timestamp = self._clock.now()
@@ -123,7 +151,7 @@ class Application:
 
     def verify(self, request: Request) -> Response:
         body = self._fields(request, required=("environment", "timestamp", "signature"))
-        environment = self._environment(body)
+        environment = self._environment(body, request.peer)
         timestamp, signature = body["timestamp"], body["signature"]
         if not timestamp or len(timestamp) > MAX_TIMESTAMP_CHARS:
             raise BadRequest(
@@ -162,7 +190,7 @@ class Application:
         body = self._fields(
             request, required=("environment", "key_version", "status"), allow_int=("status",)
         )
-        environment = self._environment(body)
+        environment = self._environment(body, request.peer)
         return self._report(environment, body["key_version"], str(body["status"]), request)
 
     async def _report(
@@ -186,11 +214,13 @@ class Application:
         )
 
     def refresh(self, request: Request) -> Result:
-        if request.peer.uid not in self._admin_uids:
+        if not self._admin.permits(request.peer):
             raise BadRequest("forbidden", "refresh is for admin peers only", status=403)
         body = self._fields(request, required=(), optional=("environment",), allow_empty=True)
         names = (
-            [self._environment(body)] if "environment" in body else list(self._config.environments)
+            [self._environment(body, peer=None)]  # admins may refresh any environment
+            if "environment" in body
+            else list(self._config.environments)
         )
         return self._refresh(names, request)
 
@@ -211,7 +241,8 @@ class Application:
         return json_response(200, {"results": results})
 
     def status(self, request: Request) -> Response:
-        return json_response(200, {"environments": self.environment_status()})
+        detailed = self._admin.permits(request.peer)
+        return json_response(200, {"environments": self.environment_status(detailed=detailed)})
 
     def health(self, request: Request) -> Response:
         environments = {}
@@ -225,7 +256,8 @@ class Application:
             status, {"status": "ok" if usable else "unavailable", "environments": environments}
         )
 
-    def environment_status(self) -> dict[str, dict[str, Any]]:
+    def environment_status(self, *, detailed: bool = True) -> dict[str, dict[str, Any]]:
+        """Per-environment state; without ``detailed``, no fingerprints and no error reasons."""
         out: dict[str, dict[str, Any]] = {}
         now = self._now()
         for name, state in self._manager.states().items():
@@ -235,13 +267,18 @@ class Application:
             except KeyUnavailableError:
                 key = None
             error = state.last_error
+            last_error: dict[str, str | None] | None = None
+            if error is not None:
+                last_error = {"kind": error.kind, "code": error.code}
+                if detailed:
+                    last_error.update(reason=error.reason, at=_iso(state.last_error_at))
             out[name] = {
                 "health": health.value,
-                "reason": reason,
+                "reason": reason if detailed else None,
                 "source": state.source.name,
                 "partner_id": key.partner_id if key else state.config.partner_id,
                 "key_version": key.version if key else None,
-                "fingerprint": key.fingerprint if key else None,
+                "fingerprint": key.fingerprint if key and detailed else None,
                 "served_by": key.served_by if key else None,
                 "loaded_at": _iso(key.loaded_at) if key else None,
                 "key_age_s": int((now - key.loaded_at).total_seconds()) if key else None,
@@ -249,14 +286,7 @@ class Application:
                 "last_attempt_at": _iso(state.last_attempt_at),
                 "next_check_at": _iso(self._manager.next_check_at(name)),
                 "consecutive_failures": state.consecutive_failures,
-                "last_error": None
-                if error is None
-                else {
-                    "kind": error.kind,
-                    "code": error.code,
-                    "reason": error.reason,
-                    "at": _iso(state.last_error_at),
-                },
+                "last_error": last_error,
             }
         return out
 
@@ -292,12 +322,16 @@ class Application:
                 raise BadRequest("invalid_request", f"field {name!r} must be a string")
         return body
 
-    def _environment(self, body: dict[str, str]) -> str:
+    def _environment(self, body: dict[str, str], peer: Peer | None) -> str:
+        """The requested environment, if it exists and ``peer`` (unless None) may use it."""
         name = body["environment"]
         if name not in self._manager:
             raise BadRequest(
                 "unknown_environment", f"no environment {untrusted(name, 64)!r}", status=404
             )
+        policy = self._policies[name]
+        if peer is not None and policy is not None and not policy.permits(peer):
+            raise BadRequest("forbidden", f"this process may not use {name!r}", status=403)
         return name
 
     def _check_timestamp(self, timestamp: str) -> None:

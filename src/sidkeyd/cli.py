@@ -1,7 +1,8 @@
 """The ``sidkeyd`` command. The only place that picks exit codes and configures logging.
 
 Exit codes: 0 success; 1 a negative answer (invalid signature, unhealthy, request refused);
-2 a bad config or usage; 3 the daemon cannot be reached, or cannot start on its socket.
+2 a bad config or usage; 3 the daemon cannot be reached, or cannot start (socket in use or
+unsafe, a hardening step the config asks for failed).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from sidkeyd.errors import (
     SocketInUseError,
     UnsafeSocketPathError,
 )
+from sidkeyd.process import HardeningError
 
 EXIT_OK, EXIT_NEGATIVE, EXIT_CONFIG, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
@@ -112,6 +114,8 @@ def _check_config(path: Path) -> int:
         _print_problems(path, exc)
         return EXIT_CONFIG
     print(f"{path}: ok ({len(config.environments)} environments, {len(config.sources)} sources)")
+    for warning in config.warnings():
+        print(f"  warning: {warning}")
     return EXIT_OK
 
 
@@ -135,7 +139,7 @@ def _serve(path: Path) -> int:
     configure_logging(config.log, store.secrets)
     try:
         Server(config, store=store).run()
-    except (SocketInUseError, UnsafeSocketPathError) as exc:
+    except (SocketInUseError, UnsafeSocketPathError, HardeningError) as exc:
         get_logger().error("daemon.failed", reason=str(exc))
         return EXIT_UNAVAILABLE
     return EXIT_OK
@@ -200,7 +204,12 @@ def format_status(status: dict[str, Any]) -> str:
         error = env.get("last_error")
         lines.append(
             "  last error   "
-            + ("none" if not error else f"{error['kind']} {error['code']}: {error['reason']}")
+            + (
+                "none"
+                if not error
+                else f"{error['kind']} {error['code']}"
+                + (f": {error['reason']}" if error.get("reason") else "")
+            )
         )
     return "\n".join(lines)
 

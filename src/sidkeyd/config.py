@@ -6,12 +6,15 @@ Relative paths in the file are already resolved against the config file's folder
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
+
+from sidkeyd.policy import AccessPolicy
 
 DEFAULT_CONFIG_PATH = Path("/etc/sidkeyd/sidkeyd.toml")
 DEFAULT_SOCKET_PATH = Path("/run/sidkeyd/sidkeyd.sock")
@@ -31,6 +34,9 @@ class ServerConfig:
     read_timeout: timedelta = timedelta(seconds=10)
     idle_timeout: timedelta = timedelta(seconds=60)
     shutdown_timeout: timedelta = timedelta(seconds=10)
+    sign_rate_limit: float = 0.0  # signatures per second per peer uid; 0 is no limit
+    sign_rate_burst: int = 0  # 0 means one second's worth
+    lock_memory: bool = False  # mlockall: keys never reach swap
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,12 @@ class EnvironmentConfig:
     version_stage: str | None = None  # aws only; None means AWSCURRENT
     version: int | None = None  # vault kv v2 only: pin a version
     refresh: RefreshConfig = field(default_factory=RefreshConfig)
+    allow: AccessPolicy | None = None  # None: any peer that can open the socket
+
+
+def default_admin() -> AccessPolicy:
+    """root and the daemon's own uid."""
+    return AccessPolicy(uids=frozenset({0, os.getuid()}))
 
 
 @dataclass(frozen=True)
@@ -146,6 +158,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     refresh: RefreshConfig = field(default_factory=RefreshConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    admin: AccessPolicy = field(default_factory=default_admin)
     sources: Mapping[str, SourceConfig] = field(default_factory=lambda: MappingProxyType({}))
     environments: Mapping[str, EnvironmentConfig] = field(
         default_factory=lambda: MappingProxyType({})
@@ -154,3 +167,12 @@ class Config:
 
     def source_for(self, environment: EnvironmentConfig) -> SourceConfig:
         return self.sources[environment.source]
+
+    def warnings(self) -> list[str]:
+        """Legal but risky choices, said by check-config and at startup."""
+        return [
+            f"environments.{name}: no [allow] table, so any process that can open the socket "
+            "may get its signatures"
+            for name, env in self.environments.items()
+            if env.allow is None
+        ]

@@ -6,7 +6,9 @@ names them all. Unknown keys are problems too: a typo must not silently fall bac
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import re
 import tomllib
 from collections.abc import Mapping
@@ -26,9 +28,11 @@ from sidkeyd.config import (
     SourceConfig,
     VaultAuthConfig,
     VaultSourceConfig,
+    default_admin,
 )
 from sidkeyd.durations import parse_duration
 from sidkeyd.errors import ConfigError, ConfigProblem
+from sidkeyd.policy import AccessPolicy
 
 T = TypeVar("T")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -59,6 +63,7 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path, path: Path | None =
         level=log_table.choice("level", ("debug", "info", "warning", "error"), "info"),
     )
     log_table.finish()
+    admin = _policy(root.table("admin"), default_admin()) if "admin" in data else default_admin()
     sources = {name: _source(name, table) for name, table in root.tables("sources")}
     environments = {
         name: _environment(name, table, refresh, sources)
@@ -73,6 +78,7 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path, path: Path | None =
         server=server,
         refresh=refresh,
         log=log,
+        admin=admin,
         sources=MappingProxyType({k: v for k, v in sources.items() if v is not None}),
         environments=MappingProxyType(environments),
         path=path,
@@ -92,6 +98,9 @@ def _server(table: _Table) -> ServerConfig:
         read_timeout=table.duration("read_timeout", d.read_timeout),
         idle_timeout=table.duration("idle_timeout", d.idle_timeout),
         shutdown_timeout=table.duration("shutdown_timeout", d.shutdown_timeout),
+        sign_rate_limit=table.number("sign_rate_limit", d.sign_rate_limit, 0.0, 1e9),
+        sign_rate_burst=table.integer("sign_rate_burst", d.sign_rate_burst, 0, 1_000_000_000),
+        lock_memory=table.boolean("lock_memory", d.lock_memory),
     )
     table.finish()
     return config
@@ -199,6 +208,35 @@ def _vault_source(name: str, table: _Table) -> VaultSourceConfig:
     )
 
 
+def _policy(table: _Table, empty: AccessPolicy | None) -> AccessPolicy:
+    """uids/users, gids/groups and executables; names are resolved now, not at request time."""
+    uids = set(table.int_list("uids"))
+    for user in table.str_list("users"):
+        try:
+            uids.add(pwd.getpwnam(user).pw_uid)
+        except KeyError:
+            table.problem("users", f"no such user {user!r}")
+    gids = set(table.int_list("gids"))
+    for group in table.str_list("groups"):
+        try:
+            gids.add(grp.getgrnam(group).gr_gid)
+        except KeyError:
+            table.problem("groups", f"no such group {group!r}")
+    executables = set()
+    for path in table.str_list("executables"):
+        if not os.path.isabs(path):
+            table.problem("executables", f"{path!r} must be an absolute path")
+        elif not os.path.exists(path):
+            table.problem("executables", f"{path!r} does not exist")
+        else:
+            executables.add(os.path.realpath(path))  # /proc/<pid>/exe names the real file
+    table.finish()
+    if not (uids or gids or executables):
+        table.problem("", "lists nobody: give uids, users, gids, groups or executables")
+        return empty or AccessPolicy()
+    return AccessPolicy(frozenset(uids), frozenset(gids), frozenset(executables))
+
+
 def _environment(
     name: str,
     table: _Table,
@@ -223,6 +261,7 @@ def _environment(
         version_stage=table.optional_str("version_stage"),
         version=table.optional_int("version", 1),
         refresh=_refresh(table, refresh, finish=False),
+        allow=_policy(table.table("allow"), None) if "allow" in table.raw else None,
     )
     if environment.version_stage is not None and source is not None and source.type != "aws":
         table.problem("version_stage", "only an aws source has version stages")
@@ -315,6 +354,19 @@ class _Table:
             self.problem(key, "is required")
             return ""
         return self.optional_str(key) or ""
+
+    @property
+    def raw(self) -> Mapping[str, Any]:
+        return self._data
+
+    def int_list(self, key: str) -> tuple[int, ...]:
+        value = self._get(key, list, "a list of integers")
+        if value is None:
+            return ()
+        if not all(type(item) is int and item >= 0 for item in value):
+            self.problem(key, "must be a list of non-negative integers")
+            return ()
+        return tuple(value)
 
     def str_list(self, key: str) -> tuple[str, ...]:
         value = self._get(key, list, "a list of strings")

@@ -17,6 +17,7 @@ from sidkeyd.app import Application
 from sidkeyd.config import Config
 from sidkeyd.keystore import KeyStore
 from sidkeyd.log import get_logger
+from sidkeyd.process import harden_process
 from sidkeyd.rotation import KeyManager, Trigger
 from sidkeyd.socketfile import bind_unix_socket, remove_socket
 from sidkeyd.sources import Source, build_source
@@ -53,6 +54,15 @@ class Server:
 
     async def serve(self) -> None:
         config = self.config
+        hardening = harden_process(lock_memory=config.server.lock_memory)
+        self._log.info(
+            "daemon.hardened",
+            core_dumps=not hardening.core_dumps_disabled,
+            dumpable=hardening.dumpable,
+            memory_locked=hardening.memory_locked,
+        )
+        for warning in config.warnings():
+            self._log.warning("config.warning", message=warning)
         sock = bind_unix_socket(
             config.server.socket, config.server.socket_mode, config.server.socket_group
         )
