@@ -546,6 +546,42 @@ def test_sealed_vault_is_transient_and_recovers_after_unseal(
     assert Unchanged("1") == after
 
 
+def test_renewer_backs_off_while_sealed_and_recovers(
+    private_openbao: OpenBao, tmp_path: Path, logs: LogCapture
+) -> None:
+    """Renewals failing on a sealed Vault are logged and retried; after unseal reads work again."""
+    server = private_openbao
+    path = "smileid/sandbox"
+    server.kv2_put(path, {"api_key": "key-one", "partner_id": "085"})
+    secret = Secret(path, read_only_policy(server, "secret", path, 2))
+    _role, role_id, secret_id = server.approle([secret.policy], token_ttl="3s")
+    source = VaultSource(
+        VaultSourceConfig(
+            name="vault",
+            url=server.url,
+            auth=VaultAuthConfig(
+                method="approle",
+                role_id_file=write(tmp_path, "role-id", role_id),
+                secret_id_file=write(tmp_path, "secret-id", secret_id),
+            ),
+        )
+    )
+    env = environment(secret)
+    try:
+        source.fetch(env, None)
+        server.seal()
+        try:
+            failed = logs.wait_for("vault.token_renewal_failed")
+        finally:
+            server.unseal()
+        after = source.fetch(env, "1")
+    finally:
+        source.close()
+
+    assert ("transient", "vault_unavailable") == (failed["error_kind"], failed["error_code"])
+    assert Unchanged("1") == after
+
+
 def test_unreachable_vault_is_transient(tmp_path: Path) -> None:
     """Nothing listening: TransientSourceError(unreachable), not a crash."""
     source = VaultSource(
