@@ -14,8 +14,10 @@ Token lifecycle (hvac renews nothing by itself):
 * Each ``fetch`` also checks the token first: an expired token (say the renewer could not reach
   Vault for a while, or the host was suspended) is replaced inline before the read. The timer
   keeps the token alive between checks; the check covers whatever the timer could not do.
-* A read answered 403 triggers one re-authentication and one retry of the read. For ``token``
-  the re-authentication re-reads ``token_file`` (Vault Agent rewrites it) or ``VAULT_TOKEN``.
+* A read answered 403 is followed by a token lookup: if the token itself is refused (revoked),
+  the source logs in again and retries the read once; if it is valid, the 403 is a policy
+  denial and is reported as such. For ``token`` the re-authentication re-reads ``token_file``
+  (Vault Agent rewrites it) or ``VAULT_TOKEN``.
 
 Versions: KV v2 reports the KV version number (``"3"``); with a held version it reads the
 metadata first and returns ``Unchanged`` when ``current_version`` has not moved. KV v1 has no
