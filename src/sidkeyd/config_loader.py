@@ -231,7 +231,7 @@ def _policy(table: _Table, empty: AccessPolicy | None) -> AccessPolicy:
         else:
             executables.add(os.path.realpath(path))  # /proc/<pid>/exe names the real file
     table.finish()
-    if not (uids or gids or executables):
+    if not table.raw:
         table.problem("", "lists nobody: give uids, users, gids, groups or executables")
         return empty or AccessPolicy()
     return AccessPolicy(frozenset(uids), frozenset(gids), frozenset(executables))

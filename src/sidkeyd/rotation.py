@@ -247,6 +247,12 @@ class KeyManager:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
+    async def settle(self) -> None:
+        """Wait for every check that is running or was started in the background."""
+        await asyncio.sleep(0)  # let call_soon_threadsafe callbacks start their checks
+        pending = [s.inflight for s in self._states.values() if s.inflight is not None]
+        await asyncio.gather(*pending, *self._background, return_exceptions=True)
+
     def _notified(self, source_name: str, changed: str) -> None:
         """A watcher says ``changed`` changed: check every environment that holds it."""
         source = self._sources[source_name]

@@ -203,3 +203,65 @@ def test_shipped_configs_are_valid() -> None:
     folder = Path(__file__).resolve().parents[2] / "config"
     for name in ("sidkeyd.dev.toml", "sidkeyd.example.toml"):
         assert load_config(folder / name).environments
+
+
+def test_allow_policy_resolves_names_at_load() -> None:
+    """users and groups become uids and gids; executables are resolved real paths."""
+    import grp
+    import os
+    import pwd
+    import sys
+
+    config = parse(
+        MINIMAL
+        + f"""
+[environments.sandbox.allow]
+users = ["nobody"]
+groups = ["nogroup"]
+uids = [1234]
+executables = ["{sys.executable}"]
+"""
+    )
+    policy = config.environments["sandbox"].allow
+    assert policy is not None
+    assert frozenset({1234, pwd.getpwnam("nobody").pw_uid}) == policy.uids
+    assert frozenset({grp.getgrnam("nogroup").gr_gid}) == policy.gids
+    assert frozenset({os.path.realpath(sys.executable)}) == policy.executables
+
+
+def test_unknown_user_group_or_relative_executable_is_a_config_error() -> None:
+    """Names that do not resolve are errors at load, not surprises at request time."""
+    found = problems(
+        MINIMAL
+        + """
+[environments.sandbox.allow]
+users = ["no-such-user-sidkeyd"]
+groups = ["no-such-group-sidkeyd"]
+executables = ["bin/node"]
+"""
+    )
+    assert {
+        "environments.sandbox.allow.users",
+        "environments.sandbox.allow.groups",
+        "environments.sandbox.allow.executables",
+    } == set(found)
+
+
+def test_empty_allow_table_is_refused() -> None:
+    """An [allow] table that lists nobody is almost certainly a mistake."""
+    found = problems(MINIMAL + "\n[environments.sandbox.allow]\n")
+    assert "environments.sandbox.allow" in found
+
+
+def test_admin_defaults_to_root_and_the_daemon_uid() -> None:
+    """Without [admin], root and the daemon's own uid are admins."""
+    import os
+
+    assert frozenset({0, os.getuid()}) == parse(MINIMAL).admin.uids
+
+
+def test_open_environments_are_warned_about() -> None:
+    """check-config's warnings name each environment without [allow]."""
+    warnings = parse(MINIMAL).warnings()
+    assert 1 == len(warnings)
+    assert warnings[0].startswith("environments.sandbox")

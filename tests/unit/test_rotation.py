@@ -330,8 +330,9 @@ def test_watcher_notification_checks_matching_environments() -> None:
         with capture_logs() as logs:
             watchers[0]("other/secret")
             watchers[0]("smileid/sandbox")
-            await until(lambda: manager.signing_key("sandbox").version == "v2")
+            await manager.settle()
         await manager.stop()
+        assert "v2" == manager.signing_key("sandbox").version
         forced = [e for e in logs if e["event"] == "refresh.forced"]
         assert [("notify", "smileid/sandbox")] == [(e["trigger"], e["secret"]) for e in forced]
 
