@@ -1,4 +1,23 @@
 """Fixtures shared by every suite. Servers are started by the suite itself, on loopback."""
 
+from collections.abc import Iterator
+
+import pytest
+
+from sidkeyd.keystore import fingerprint
+from support.daemon import ALL_LOGS, ALL_SECRETS
 from support.moto_server import moto_endpoint  # noqa: F401  (fixture)
 from support.openbao_server import openbao  # noqa: F401  (fixture)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_key_in_any_daemon_log() -> Iterator[None]:
+    """After the whole session: no key any test declared appears in any daemon's log."""
+    yield
+    leaks = []
+    for log in ALL_LOGS:
+        if not log.exists():
+            continue
+        text = log.read_text(errors="replace")
+        leaks.extend(f"{log}: key {fingerprint(s)}" for s in ALL_SECRETS if s in text)
+    assert [] == leaks, "key material found in daemon logs"

@@ -26,6 +26,11 @@ from typing import Any, TypeVar
 from sidkeyd.client import Client
 
 DEFAULT_TIMEOUT = 30.0
+# Every daemon log of the session and every key a test declared: scanned together at the end
+# (tests/conftest.py), so a key leaked by one test's daemon is caught even if another test
+# declared it.
+ALL_LOGS: list[Path] = []
+ALL_SECRETS: set[str] = set()
 T = TypeVar("T")
 
 
@@ -43,6 +48,7 @@ class Daemon:
         self.config_path = config_path
         self.socket_path = socket_path
         self.log_path = log_path
+        ALL_LOGS.append(log_path)
         self.process: subprocess.Popen[bytes] | None = None
         self._clients: list[Client] = []
 
@@ -130,6 +136,8 @@ class Daemon:
             time.sleep(0.02)
 
     def assert_no_secret_in_logs(self, secrets: Iterable[str]) -> None:
+        secrets = list(secrets)
+        ALL_SECRETS.update(secrets)
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         for secret in secrets:
             assert secret not in text, "key material found in the daemon's log"
