@@ -81,6 +81,8 @@ class HttpProtocol(asyncio.Protocol):
         self._busy = False
         self._closing = False
         self._timer: asyncio.TimerHandle | None = None
+        self._messages = 0
+        self._unreported_bytes = 0  # held by httptools: a header line not yet complete
         self._log = get_logger()
         self._reset_message()
 
@@ -123,6 +125,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         if not self._in_message:
             self._arm_timer(self._limits.read_timeout_s)
+        progress = (self._messages, self._header_bytes, self._body_bytes)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -137,11 +140,22 @@ class HttpProtocol(asyncio.Protocol):
             self._fail(400, "upgrade_not_supported", "protocol upgrades are not supported")
         except httptools.HttpParserError as exc:
             self._fail(400, "malformed_request", f"malformed HTTP request: {exc}")
+        else:
+            # httptools reports a header only once its line is complete and buffers it until
+            # then: bytes that produced no callback at all count against max_header_bytes.
+            if progress != (self._messages, self._header_bytes, self._body_bytes):
+                self._unreported_bytes = 0
+            elif self._in_message:
+                self._unreported_bytes += len(data)
+                if self._unreported_bytes > self._limits.max_header_bytes:
+                    limit = self._limits.max_header_bytes
+                    self._fail(431, "headers_too_large", f"request headers are over {limit} bytes")
 
     # -- parser callbacks ----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         self._reset_message()
+        self._messages += 1
         self._in_message = True
         self._arm_timer(self._limits.read_timeout_s)
 
