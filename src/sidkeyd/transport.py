@@ -226,8 +226,8 @@ class HttpProtocol(asyncio.Protocol):
         self._run_queue()
 
     def _send(self, response: Response, keep_alive: bool) -> None:
-        if self._transport is None:
-            return
+        if self._transport is None or self._transport.is_closing():
+            return  # a response with Connection: close was the last one
         keep_alive = keep_alive and not response.close and not self._tracker.closing
         self._transport.write(encode_response(response, keep_alive=keep_alive))
         if not keep_alive:

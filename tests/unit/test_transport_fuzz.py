@@ -295,3 +295,11 @@ def test_a_header_line_in_many_pieces_within_the_limit_is_accepted(server: Serve
     pieces = [b"GET /v1/health HTTP/1.1\r\nX-Long: "] + [b"a" * 100] * 9 + [b"\r\n\r\n"]
     outcome = feed(server, pieces)
     assert [200] == [reply.status for reply in outcome.replies]
+
+
+def test_nothing_is_written_after_a_connection_close_response(server: Server) -> None:
+    """Bytes after a ``Connection: close`` request in the same read get no second response."""
+    closing = request("GET", "/v1/health", headers=["Connection: close"])
+    outcome = feed(server, [closing + SIGN])
+    assert [(200, True)] == [(reply.status, reply.closes) for reply in outcome.replies]
+    assert (True, 0) == (outcome.transport.closed, outcome.transport.writes_after_close)
