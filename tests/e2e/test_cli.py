@@ -1,0 +1,90 @@
+"""The command line without a running daemon: config checks, exit codes, imports."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from support.daemon import short_socket_dir
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def sidkeyd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sidkeyd", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def test_check_config_accepts_the_shipped_configs() -> None:
+    """Both shipped configs pass; the open environments are warned about, exit 0."""
+    for name in ("sidkeyd.dev.toml", "sidkeyd.example.toml"):
+        result = sidkeyd("check-config", "-c", str(REPO / "config" / name))
+        assert 0 == result.returncode, result.stderr
+        assert "warning: environments.sandbox: no [allow] table" in result.stdout
+
+
+def test_check_config_names_each_problem_and_exits_2(tmp_path: Path) -> None:
+    """Every problem is printed with its TOML key path."""
+    config = tmp_path / "bad.toml"
+    config.write_text(
+        '[server]\nsocket_mode = "0777"\n[refresh]\ninterval = "60"\n'
+        '[environments.sandbox]\nsource = "nowhere"\nsecret = "x"\n'
+    )
+    result = sidkeyd("check-config", "-c", str(config))
+    assert 2 == result.returncode
+    for key in ("server.socket_mode", "refresh.interval", "environments.sandbox.source"):
+        assert key in result.stderr
+
+
+def test_serve_with_a_bad_config_exits_2_before_binding(tmp_path: Path) -> None:
+    """serve refuses a bad config with the same messages and never creates the socket."""
+    socket_path = short_socket_dir() / "s.sock"
+    config = tmp_path / "bad.toml"
+    config.write_text(f'[server]\nsocket = "{socket_path}"\nbogus = 1\n')
+    result = sidkeyd("serve", "-c", str(config))
+    assert 2 == result.returncode
+    assert "server.bogus: unknown key" in result.stderr
+    assert not socket_path.exists()
+
+
+def test_config_path_from_the_environment(tmp_path: Path) -> None:
+    """Without -c, SIDKEYD_CONFIG names the file."""
+    result = sidkeyd(
+        "check-config", env={"SIDKEYD_CONFIG": str(REPO / "config" / "sidkeyd.dev.toml")}
+    )
+    assert 0 == result.returncode, result.stderr
+
+
+def test_client_commands_exit_3_when_no_daemon_answers() -> None:
+    """A missing socket is exit code 3 with a message naming the path."""
+    socket_path = short_socket_dir() / "none.sock"
+    result = sidkeyd("sign", "--env", "sandbox", "--socket", str(socket_path))
+    assert 3 == result.returncode
+    assert str(socket_path) in result.stderr
+
+
+def test_client_imports_neither_boto3_nor_hvac() -> None:
+    """Services that only sign do not pay for the backend libraries."""
+    code = (
+        "import sys, sidkeyd.client; "
+        "print(sorted(m for m in ('boto3', 'botocore', 'hvac', 'structlog') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert "[]" == result.stdout.strip()
+
+
+def test_help_lists_every_command() -> None:
+    """`sidkeyd --help` names the commands the README documents."""
+    result = sidkeyd("--help")
+    for command in ("serve", "check-config", "sign", "verify", "status", "health", "refresh"):
+        assert command in result.stdout
