@@ -173,6 +173,12 @@ class HttpProtocol(asyncio.Protocol):
         elif lowered == b"transfer-encoding":
             self._has_length = True
 
+    def on_headers_complete(self) -> None:
+        # Refused here, before the request is handled: llhttp would complete an upgrade
+        # request without its body and leave the rest of the bytes to the new protocol.
+        if self._parser.should_upgrade():
+            raise _Refused(400, "upgrade_not_supported", "protocol upgrades are not supported")
+
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
         if self._body_bytes > self._limits.max_body_bytes:

@@ -303,3 +303,29 @@ def test_nothing_is_written_after_a_connection_close_response(server: Server) ->
     outcome = feed(server, [closing + SIGN])
     assert [(200, True)] == [(reply.status, reply.closes) for reply in outcome.replies]
     assert (True, 0) == (outcome.transport.closed, outcome.transport.writes_after_close)
+
+
+@pytest.mark.parametrize(
+    "upgrade",
+    [
+        request("GET", "/v1/health", headers=["Connection: Upgrade", "Upgrade: websocket"]),
+        request(
+            "POST",
+            "/v1/sign",
+            b'{"environment": "sandbox"}',
+            headers=["Connection: upgrade", "Upgrade: h2c"],
+        ),
+        b"CONNECT sidkeyd:443 HTTP/1.1\r\nHost: sidkeyd:443\r\n\r\n",
+    ],
+)
+def test_an_upgrade_request_gets_one_refusal_and_is_not_handled(
+    server: Server, upgrade: bytes
+) -> None:
+    """An upgrade is refused before it is handled: one 400 upgrade_not_supported, then close.
+
+    llhttp completes an upgrade request without its body, so it used to be handled (a POST
+    as if its body were empty) and then refused: two responses to one request.
+    """
+    outcome = feed(server, [upgrade])
+    assert [(400, "upgrade_not_supported")] == [(r.status, r.code) for r in outcome.replies]
+    assert outcome.transport.closed
