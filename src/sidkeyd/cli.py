@@ -142,6 +142,9 @@ def _serve(path: Path) -> int:
     except (SocketInUseError, UnsafeSocketPathError, HardeningError) as exc:
         get_logger().error("daemon.failed", reason=str(exc))
         return EXIT_UNAVAILABLE
+    except OSError as exc:  # e.g. the socket's folder cannot be created or written
+        get_logger().error("daemon.failed", reason=f"{type(exc).__name__}: {exc}")
+        return EXIT_UNAVAILABLE
     return EXIT_OK
 
 

@@ -88,3 +88,20 @@ def test_help_lists_every_command() -> None:
     result = sidkeyd("--help")
     for command in ("serve", "check-config", "sign", "verify", "status", "health", "refresh"):
         assert command in result.stdout
+
+
+def test_serve_exits_3_when_the_socket_folder_cannot_be_made(tmp_path: Path) -> None:
+    """An unusable socket path is a clear daemon.failed line and exit 3, not a traceback."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    keys = tmp_path / "keys.toml"
+    keys.write_text('["s"]\napi_key = "k-cli-test"\npartner_id = "1"\n')
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[server]\nsocket = "{blocker}/sub/s.sock"\n[sources.f]\ntype = "file"\n'
+        f'path = "{keys}"\n[environments.e]\nsource = "f"\nsecret = "s"\n'
+    )
+    result = sidkeyd("serve", "-c", str(config))
+    assert 3 == result.returncode
+    assert "daemon.failed" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
