@@ -220,6 +220,8 @@ class HttpProtocol(asyncio.Protocol):
                 self._transport.close()
             elif not self._in_message:
                 self._arm_timer(self._limits.idle_timeout_s)
+            elif self._timer is None:
+                self._on_timeout()  # the read timeout passed while a response was pending
 
     async def _finish(self, pending: Awaitable[Response], keep_alive: bool) -> None:
         try:

@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import json
 import re
+import threading
 from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -329,3 +330,39 @@ def test_an_upgrade_request_gets_one_refusal_and_is_not_handled(
     outcome = feed(server, [upgrade])
     assert [(400, "upgrade_not_supported")] == [(r.status, r.code) for r in outcome.replies]
     assert outcome.transport.closed
+
+
+def test_a_request_left_incomplete_behind_a_slow_response_still_times_out(
+    fresh_server: Server,
+) -> None:
+    """A partial request pipelined behind a slow response gets 408 once that response is out.
+
+    The read timer that fired while the response was pending used to be dropped, so the
+    partial request then held the connection open for good.
+    """
+    server = fresh_server
+    limits = Limits(
+        max_header_bytes=1024, max_body_bytes=2048, read_timeout_s=0.05, idle_timeout_s=60
+    )
+    report = request(
+        "POST", "/v1/report", b'{"environment": "sandbox", "key_version": "v1", "status": 401}'
+    )
+    server.source.gate = threading.Event()  # the backend answers only when released
+    server.source.entered.clear()
+
+    async def conversation() -> list[Reply]:
+        loop = asyncio.get_running_loop()
+        transport = FakeTransport()
+        protocol = HttpProtocol(server.app, limits, ConnectionTracker(10))
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol.data_received(report + b"GET /v1/hea")
+        assert await loop.run_in_executor(None, server.source.entered.wait, 10)
+        # The input: the backend stays slow for several read timeouts.
+        await asyncio.sleep(limits.read_timeout_s * 4)
+        server.source.gate.set()
+        await asyncio.wait_for(transport.closed_event.wait(), 10)
+        protocol.connection_lost(None)
+        return parse_replies(bytes(transport.written))
+
+    replies = server.run(conversation())
+    assert [(200, None), (408, "request_timeout")] == [(r.status, r.code) for r in replies]
