@@ -21,7 +21,8 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from sidkeyd.app import Application
@@ -366,3 +367,241 @@ def test_a_request_left_incomplete_behind_a_slow_response_still_times_out(
 
     replies = server.run(conversation())
     assert [(200, None), (408, "request_timeout")] == [(r.status, r.code) for r in replies]
+
+
+# -- strategies ------------------------------------------------------------------------------
+
+PATHS = ["/v1/sign", "/v1/verify", "/v1/report", "/v1/refresh", "/v1/status", "/v1/health"]
+METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE", "CONNECT"]
+HEADER_NAMES = [b"Host", b"Connection", b"Upgrade", b"Expect", b"Content-Type", b"X-Anything"]
+
+huge = st.integers(1, 5000).map(lambda n: b"a" * n)
+text_bytes = st.text(max_size=40).map(lambda s: s.encode("utf-8"))
+invalid_utf8 = st.sampled_from([b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xe2\x82", b"\x80\x81"])
+token = st.one_of(
+    st.binary(max_size=24), text_bytes, invalid_utf8, huge, st.sampled_from([b"", b" ", b"\x00"])
+)
+
+values = st.sampled_from(
+    [
+        b"close",
+        b"keep-alive",
+        b"upgrade",
+        b"Upgrade, close",
+        b"websocket",
+        b"chunked",
+        b"gzip, chunked",
+        b"100-continue",
+        b"0",
+        b"sandbox",
+    ]
+)
+
+json_value = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+sign_like = st.fixed_dictionaries(
+    {"environment": st.sampled_from(["sandbox", "production", "", "sandbox\x00"])},
+    optional={
+        "timestamp": st.one_of(st.text(max_size=30), st.sampled_from(["2026-11-25T22:04:11Z"])),
+        "signature": st.text(max_size=200),
+        "key_version": st.sampled_from(["v1", "v0", ""]),
+        "status": st.one_of(st.integers(), st.text(max_size=5)),
+    },
+)
+sign_like_bytes = sign_like.map(lambda d: json.dumps(d).encode())
+bodies = st.one_of(
+    sign_like.map(lambda d: json.dumps(d).encode()),
+    json_value.map(lambda v: json.dumps(v).encode()),
+    st.binary(max_size=64),
+    invalid_utf8,
+    huge,
+)
+
+
+FLAWS = ["method", "target", "version", "framing", "header", "separator", "end", "size"]
+
+
+@st.composite
+def framed(draw: st.DrawFn) -> bytes:
+    """A request, well framed or with one flaw: method, target, version, lengths, headers."""
+    flaw = draw(st.sampled_from(["none"] * len(FLAWS) + FLAWS))
+    path = draw(st.sampled_from(PATHS))
+    right = "GET" if path in ("/v1/status", "/v1/health") else "POST"
+    methods = st.sampled_from([right] * 6 + METHODS).map(str.encode)
+    method = draw(token if flaw == "method" else methods)
+    target = draw(
+        st.one_of(
+            token,
+            st.just(path.encode() + b"?q=1#f"),
+            st.sampled_from([b"*", b"http://x/v1/sign", b"//v1/sign", b"/v1/sign/..", b"/%ff"]),
+        )
+        if flaw == "target"
+        else st.just(path.encode())
+    )
+    good_versions = [b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0"]
+    bad_versions = [b"HTTP/2.0", b"HTTP/1.1 ", b"", b"HTTX", b"HTTP/1.1\x00"]
+    version = draw(st.sampled_from(bad_versions if flaw == "version" else good_versions))
+    body = draw(bodies if flaw == "size" else st.one_of(sign_like_bytes, bodies))
+    lines = [method + b" " + target + b" " + version]
+    framing = draw(
+        st.sampled_from(["wrong", "both"] if flaw == "framing" else ["length", "chunked", "none"])
+    )
+    if framing in ("length", "both"):
+        lines.append(b"Content-Length: %d" % len(body))
+    if framing == "wrong":
+        wrong = [b"-1", b"1x", b"", b"99999999999999999999", b"3", b"+5", b"0x10"]
+        lines.append(b"Content-Length: " + draw(st.sampled_from(wrong)))
+    if framing in ("chunked", "both"):
+        lines.append(b"Transfer-Encoding: chunked")
+        sizes = [b"zz", b"%x;e=1" % len(body), b"%x" % (len(body) + 1)]
+        size = draw(st.sampled_from(sizes) if flaw == "size" else st.just(b"%x" % len(body)))
+        trailer = draw(st.sampled_from([b"", b"T: 1\r\n"]))
+        body = size + b"\r\n" + body + b"\r\n0\r\n" + trailer + b"\r\n"
+    headers = [
+        name + b": " + value
+        for name, value in draw(
+            st.lists(st.tuples(st.sampled_from(HEADER_NAMES), values), max_size=3)
+        )
+    ]
+    if flaw == "header":
+        headers.append(draw(token) + b": " + draw(st.one_of(token, values)))
+    if flaw == "separator":
+        headers.append(b"X-Sep" + draw(st.sampled_from([b":", b" : ", b"\n", b"", b"\r"])) + b"v")
+    lines += draw(st.permutations(headers))
+    end = draw(
+        st.sampled_from([b"\n\n", b"\r\n", b"\r\r", b"\r\n\n"])
+        if flaw == "end"
+        else st.just(b"\r\n\r\n")
+    )
+    return b"\r\n".join(lines) + end + body
+
+
+def valid_requests() -> st.SearchStrategy[bytes]:
+    """Requests that must all get 200, in a variety of legal spellings."""
+    sign_body = json.dumps({"environment": "sandbox"}).encode()
+    verify_body = json.dumps(
+        {"environment": "sandbox", "timestamp": "2026-11-25T22:04:11Z", "signature": "x"}
+    ).encode()
+
+    @st.composite
+    def one(draw: st.DrawFn) -> bytes:
+        extra = draw(
+            st.lists(
+                st.sampled_from(
+                    [
+                        "Connection: keep-alive",
+                        "content-type: application/json",
+                        "X-Request-Id: \tabc ",
+                        "Accept: */*",
+                        "User-Agent: fuzz/1.0",
+                    ]
+                ),
+                max_size=3,
+            )
+        )
+        kind = draw(st.sampled_from(["sign", "verify", "status", "health", "chunked"]))
+        if kind == "sign":
+            return request("POST", "/v1/sign", sign_body, extra)
+        if kind == "verify":
+            return request("POST", "/v1/verify", verify_body, extra)
+        if kind == "chunked":
+            half = len(sign_body) // 2
+            chunked = b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (
+                half,
+                sign_body[:half],
+                len(sign_body) - half,
+                sign_body[half:],
+            )
+            return (
+                request("POST", "/v1/sign", None, [*extra, "Transfer-Encoding: chunked"]) + chunked
+            )
+        path = (
+            "/v1/status"
+            if kind == "status"
+            else draw(st.sampled_from(["/v1/health", "/v1/health?x=1"]))
+        )
+        return request("GET", path, None, extra)
+
+    return one()
+
+
+pipelines = st.lists(framed(), min_size=1, max_size=3).map(b"".join)
+garbage = st.one_of(pipelines, pipelines, pipelines, st.binary(max_size=300))
+# Chunk boundaries: a few random offsets, or one byte at a time over the first 600 bytes.
+cuts = st.one_of(st.lists(st.integers(0, 600), max_size=12), st.just(list(range(1, 600))))
+
+
+# -- properties ------------------------------------------------------------------------------
+
+
+@FUZZ
+@given(data=garbage, at=cuts)
+def test_any_bytes_get_well_formed_documented_answers(
+    server: Server, data: bytes, at: list[int]
+) -> None:
+    """Random bytes, split anywhere: only well-formed JSON responses with documented codes."""
+    outcome = feed(server, split(data, at))
+    for reply in outcome.replies:
+        event(f"{reply.status} {reply.code}")
+    assert_well_behaved(outcome)
+
+
+@FUZZ
+@given(data=garbage, at=cuts)
+def test_the_answers_do_not_depend_on_how_the_bytes_are_split(
+    server: Server, data: bytes, at: list[int]
+) -> None:
+    """Fed whole or in random pieces, a request gets the same statuses and error codes."""
+    whole = feed(server, [data])
+    pieces = feed(server, split(data, at))
+    assert [(r.status, r.code) for r in whole.replies] == [
+        (r.status, r.code) for r in pieces.replies
+    ]
+    assert whole.transport.closed == pieces.transport.closed
+
+
+@FUZZ
+@given(st.lists(valid_requests(), min_size=1, max_size=8), cuts)
+def test_valid_requests_on_one_connection_all_get_200(
+    server: Server, requests: list[bytes], at: list[int]
+) -> None:
+    """Valid requests, pipelined and split at random, each get 200, in order; it stays open."""
+    outcome = feed(server, split(b"".join(requests), at))
+    assert_well_behaved(outcome)
+    assert [200] * len(requests) == [reply.status for reply in outcome.replies]
+    assert not outcome.transport.closed
+
+
+@FUZZ
+@given(st.lists(valid_requests(), max_size=4), garbage, cuts)
+def test_garbage_after_valid_requests_leaves_their_answers_alone(
+    server: Server, requests: list[bytes], data: bytes, at: list[int]
+) -> None:
+    """Valid requests answered before garbage keep their 200s; the garbage only affects itself."""
+    outcome = feed(server, split(b"".join(requests) + data, at))
+    assert_well_behaved(outcome)
+    assert [200] * len(requests) == [reply.status for reply in outcome.replies][: len(requests)]
+    after = feed(server, [SIGN])
+    assert [200] == [reply.status for reply in after.replies]
+
+
+@FUZZ
+@given(st.lists(valid_requests(), min_size=1, max_size=4), st.sampled_from(["limit", "truncated"]))
+def test_a_framing_error_closes_the_connection(
+    server: Server, requests: list[bytes], kind: str
+) -> None:
+    """After a framing error the connection is closed and later requests are not answered."""
+    if kind == "limit":
+        bad = request("GET", "/v1/health", None, ["X-Big: " + "b" * 2000])
+    else:
+        bad = b"POST /v1/sign HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+    outcome = feed(server, [b"".join(requests) + bad + SIGN])
+    assert_well_behaved(outcome)
+    assert [200] * len(requests) == [reply.status for reply in outcome.replies[:-1]]
+    assert outcome.replies[-1].code in CLOSING_CODES
+    assert outcome.transport.closed
