@@ -3,6 +3,9 @@
 ``openbao`` is one server for the whole session; tests keep out of each other's way by using
 unique paths, policies and roles (``server.unique("name")``). Tests that seal the server start
 their own with ``OpenBao.start(folder)`` so a failure cannot leave the shared one sealed.
+
+``CountingProxy`` sits between a client and a server and records every request it forwards,
+so that a test can count the reads that really reached the backend.
 """
 
 from __future__ import annotations
@@ -14,10 +17,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
+from http.client import HTTPConnection
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import hvac
 import pytest
@@ -190,6 +197,115 @@ class OpenBao:
     def revoke_approle_tokens(self) -> None:
         """Revoke every token issued by AppRole logins (as an operator cutting a host off)."""
         self.admin.sys.revoke_prefix("auth/approle/login")
+
+
+class CountingProxy:
+    """A plain HTTP proxy on loopback in front of ``upstream`` that records each request.
+
+    with CountingProxy(server.url) as proxy:   # give proxy.url to the client
+        mark = proxy.mark()
+        ...
+        proxy.kv2_reads(path, since=mark)      # [("GET", "/v1/secret/data/...")]
+    """
+
+    def __init__(self, upstream: str) -> None:
+        parts = urlsplit(upstream)
+        if parts.scheme != "http" or not parts.hostname or not parts.port:
+            raise ValueError(f"CountingProxy needs an http://host:port upstream, not {upstream!r}")
+        self._upstream = (parts.hostname, parts.port)
+        self._lock = threading.Lock()
+        self._seen: list[tuple[str, str]] = []
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="counting-proxy", daemon=True
+        )
+        self._thread.start()
+
+    def __enter__(self) -> CountingProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+    # -- what went through ---------------------------------------------------------------
+
+    def seen(self) -> list[tuple[str, str]]:
+        """Every (method, path without query) forwarded so far, in arrival order."""
+        with self._lock:
+            return list(self._seen)
+
+    def mark(self) -> int:
+        """A position in ``seen()``, to look only at the requests made after it."""
+        with self._lock:
+            return len(self._seen)
+
+    def kv2_reads(self, path: str, mount: str = "secret", since: int = 0) -> list[tuple[str, str]]:
+        """The GETs of ``path``'s KV v2 data or metadata after ``since``."""
+        wanted = {f"/v1/{mount}/data/{path}", f"/v1/{mount}/metadata/{path}"}
+        return [(m, p) for m, p in self.seen()[since:] if m == "GET" and p in wanted]
+
+    # -- forwarding ----------------------------------------------------------------------
+
+    def _record(self, method: str, path: str) -> None:
+        with self._lock:
+            self._seen.append((method, path.split("?", 1)[0]))
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(_ForwardingHandler):
+            upstream = proxy._upstream
+            record = staticmethod(proxy._record)
+
+        return Handler
+
+
+class _ForwardingHandler(BaseHTTPRequestHandler):
+    """Forwards one request per connection (HTTP/1.0 answers: the client reconnects)."""
+
+    upstream: ClassVar[tuple[str, int]]
+    record: ClassVar[Any]
+    HOP_BY_HOP: ClassVar[frozenset[str]] = frozenset(
+        {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "upgrade"}
+    )
+
+    def _forward(self) -> None:
+        self.record(self.command, self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        headers = {
+            k: v for k, v in self.headers.items() if k.lower() not in self.HOP_BY_HOP | {"host"}
+        }
+        connection = HTTPConnection(*self.upstream, timeout=30)
+        try:
+            connection.request(self.command, self.path, body=body, headers=headers)
+            response = connection.getresponse()
+            payload = response.read()
+            self.send_response(response.status, response.reason)
+            for name, value in response.getheaders():
+                if name.lower() not in self.HOP_BY_HOP | {"content-length", "date", "server"}:
+                    self.send_header(name, value)
+        except OSError:
+            payload = b'{"errors": ["proxy: upstream unreachable"]}'
+            self.send_response(502)
+            self.send_header("Content-Type", "application/json")
+        finally:
+            connection.close()
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_LIST = _forward
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
 
 @pytest.fixture(scope="session")
