@@ -69,6 +69,7 @@ class EnvironmentState:
     refusal: KeyUnavailableError | None = None  # set by the stale and revoke timers
     last_forced_at: float = float("-inf")  # loop time of the last report-forced check
     inflight: asyncio.Task[CheckOutcome] | None = None
+    inflight_forced: bool = False  # the check in flight reads in full (not a cheap check)
     stale_timer: asyncio.TimerHandle | None = None
     revoke_timer: asyncio.TimerHandle | None = None
 
@@ -288,10 +289,11 @@ class KeyManager:
             return ReportOutcome(environment, held.version, False, False, "already_rotated")
         now = asyncio.get_running_loop().time()
         limit = state.config.refresh.report_interval.total_seconds()
-        if state.inflight is None and now - state.last_forced_at < limit:
+        joining = state.inflight is not None and state.inflight_forced
+        if not joining and now - state.last_forced_at < limit:
             version = held.version if held else None
             return ReportOutcome(environment, version, False, False, "rate_limited")
-        if state.inflight is None:
+        if not joining:
             state.last_forced_at = now
         outcome = await self.check(
             environment, Trigger.REPORT, force=True, reported_version=key_version, **peer
@@ -301,12 +303,20 @@ class KeyManager:
     async def check(
         self, environment: str, trigger: Trigger, *, force: bool = False, **fields: Any
     ) -> CheckOutcome:
-        """Check one environment's key now. Concurrent calls share one backend call."""
+        """Check one environment's key now. Concurrent calls share one backend call.
+
+        A forced caller never joins a scheduled check already in flight: that check may have
+        read the backend before the reason to force it (a rotation, a restored policy). It
+        waits for it, then starts or joins a forced check, shared by every forced caller.
+        """
         state = self._states[environment]
+        while force and state.inflight is not None and not state.inflight_forced:
+            await asyncio.wait([state.inflight])  # its done callback clears ``inflight`` first
         if state.inflight is None:
             if trigger not in (Trigger.SCHEDULE, Trigger.STARTUP):
                 self._log.info("refresh.forced", environment=environment, trigger=trigger, **fields)
             state.inflight = asyncio.ensure_future(self._check_once(state, trigger, force))
+            state.inflight_forced = force
             state.inflight.add_done_callback(lambda _task: setattr(state, "inflight", None))
         return await asyncio.shield(state.inflight)
 
@@ -336,6 +346,10 @@ class KeyManager:
                 )
                 return CheckOutcome(state.name, result.version, changed=False)
             changed = self._install(state, result, trigger)
+            if not changed:
+                self._log.debug(
+                    "key.check", environment=state.name, trigger=trigger, key_version=result.version
+                )
             self._on_success(state, trigger, changed=changed)
             return CheckOutcome(state.name, result.version, changed=changed)
         except SourceError as exc:
@@ -390,6 +404,13 @@ class KeyManager:
         return True
 
     def _on_success(self, state: EnvironmentState, trigger: Trigger, *, changed: bool) -> None:
+        if state.consecutive_failures:
+            self._log.info(
+                "key.refresh_recovered",
+                environment=state.name,
+                trigger=trigger,
+                failures=state.consecutive_failures,
+            )
         if state.refusal is not None:
             if not changed:  # a stale key confirmed current again: serving resumes
                 self._log.info("key.restored", environment=state.name, trigger=trigger)

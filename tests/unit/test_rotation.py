@@ -337,3 +337,46 @@ def test_watcher_notification_checks_matching_environments() -> None:
         assert [("notify", "smileid/sandbox")] == [(e["trigger"], e["secret"]) for e in forced]
 
     run(body)
+
+
+def test_forced_check_does_not_join_a_scheduled_check_already_reading() -> None:
+    """A scheduled check may have read before the rotation: a forced one reads again after it."""
+    manager, source, _ = make()
+
+    async def body() -> None:
+        await manager.start()
+        source.gate = threading.Event()
+        source.entered.clear()
+        scheduled = asyncio.ensure_future(manager.check("sandbox", Trigger.SCHEDULE))
+        await asyncio.get_running_loop().run_in_executor(None, source.entered.wait, 10)
+        # The admin forces a check while the scheduled one is on the wire; the rotation then
+        # becomes visible only to reads that start after the scheduled one has finished.
+        forced = asyncio.ensure_future(manager.check("sandbox", Trigger.ADMIN, force=True))
+        await asyncio.sleep(0)
+        source.gate.set()
+        first = await scheduled
+        source.gate = None
+        source.put("smileid/sandbox", "key-two", "v2")
+        outcome = await forced
+        await manager.stop()
+        assert ("v1", "v2", True) == (first.key_version, outcome.key_version, outcome.changed)
+
+    run(body)
+
+
+def test_recovery_after_failures_is_logged() -> None:
+    """The first success after failures says how many checks failed."""
+    manager, source, _ = make()
+
+    async def body() -> None:
+        await manager.start()
+        source.errors.extend([TransientSourceError("down", code="timeout")] * 2)
+        await manager.check("sandbox", Trigger.SCHEDULE)
+        await manager.check("sandbox", Trigger.SCHEDULE)
+        with capture_logs() as logs:
+            await manager.check("sandbox", Trigger.ADMIN, force=True)
+        await manager.stop()
+        recovered = next(e for e in logs if e["event"] == "key.refresh_recovered")
+        assert (2, "admin") == (recovered["failures"], recovered["trigger"])
+
+    run(body)
