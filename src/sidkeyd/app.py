@@ -305,7 +305,7 @@ class Application:
             return {}
         try:
             body = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the decoder
             raise BadRequest("invalid_json", "request body must be a JSON object") from None
         if not isinstance(body, dict):
             raise BadRequest("invalid_json", "request body must be a JSON object")

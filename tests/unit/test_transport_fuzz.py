@@ -607,10 +607,6 @@ def test_a_framing_error_closes_the_connection(
     assert outcome.transport.closed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app._fields lets json.loads' RecursionError escape: 500 internal_error (reported)",
-)
 @pytest.mark.parametrize("path", ["/v1/sign", "/v1/verify", "/v1/report"])
 def test_deeply_nested_json_is_invalid_json(server: Server, path: str) -> None:
     """A body nested deeper than the JSON decoder recurses is refused as invalid_json."""
