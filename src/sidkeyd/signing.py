@@ -21,7 +21,8 @@ SUFFIX = "sid_request"
 _TIMESTAMP = re.compile(
     r"(?P<date>\d{4}-\d{2}-\d{2})T(?P<hour>\d{2}):(?P<minute>\d{2})"
     r"(?::(?P<second>\d{2})(?:[.,](?P<fraction>\d{1,9}))?)?"
-    r"(?P<offset>Z|[+-]\d{2}(?::?\d{2})?)"
+    r"(?P<offset>Z|[+-]\d{2}(?::?\d{2})?)",
+    re.ASCII,  # \d would otherwise accept any Unicode digit, e.g. Arabic-Indic
 )
 
 

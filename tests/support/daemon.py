@@ -11,8 +11,10 @@ appears (a bounded wait on an observable condition, never a fixed sleep).
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -39,8 +41,13 @@ class DaemonError(AssertionError):
 
 
 def short_socket_dir() -> Path:
-    """AF_UNIX paths are limited to ~107 bytes; pytest's tmp_path can be longer."""
-    return Path(tempfile.mkdtemp(prefix="sidkeyd-", dir="/tmp"))
+    """AF_UNIX paths are limited to ~107 bytes; pytest's tmp_path can be longer.
+
+    Removed when the test process exits.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="sidkeyd-", dir="/tmp"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 class Daemon:

@@ -132,6 +132,7 @@ def test_accepted_timestamp_forms(text: str, expected: datetime) -> None:
         "2026-13-25T22:04:11Z",  # month 13
         "2026-11-25T22:04:11+24:00",
         "2026-11-25t22:04:11z",
+        "\u0662\u0660\u0662\u0666-11-25T22:04:11Z",  # Arabic-Indic digits in the year
         "",
     ],
 )
