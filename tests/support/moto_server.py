@@ -2,16 +2,23 @@
 
 ``moto_endpoint`` (session scope) starts ``moto_server`` from the venv on a free port, waits until
 it answers, and sets fake credentials in ``os.environ`` so that boto3's standard chain, in the
-tests and in daemons they start, finds them. Everything is restored at teardown.
+tests and in daemons they start, finds them. Everything is restored at teardown. Outside pytest
+(bench/convergence.py), ``fake_credentials()`` and ``moto_server()`` do the same.
 
 moto serves every region on one endpoint (the region comes from the request's signature), so a
 regional outage is simulated by ``MotoEndpoint.outage_front()``: a real HTTP front that forwards
-to moto and drops the connection of any request signed for a region marked down.
+to moto and drops the connection of any request signed for a region marked down. The front also
+counts the operations it sees on the wire (``OutageFront.count``) and can answer
+``AccessDeniedException`` for chosen secrets (``OutageFront.denied``).
+
+For change notifications, ``MotoEndpoint.queue()`` creates an SQS queue on the same server and
+``change_event()`` builds the EventBridge event Secrets Manager's CloudTrail records become.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import re
 import socket
@@ -34,6 +41,7 @@ import pytest
 
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
+    from mypy_boto3_sqs import SQSClient
 
 REGION = "us-east-1"
 STARTUP_DEADLINE_S = 30.0
@@ -60,6 +68,7 @@ CLEARED_ENVIRONMENT = (
     "AWS_ENDPOINT_URL_STS",
 )
 _SIGNED_REGION = re.compile(r"Credential=[^/]+/\d{8}/([^/]+)/")
+ACCOUNT = "123456789012"  # moto's default account
 
 
 def free_port() -> int:
@@ -76,10 +85,22 @@ def closed_port_url() -> str:
 
 @dataclass
 class OutageFront:
-    """A forwarding front to moto; requests signed for a region in ``down`` get no answer."""
+    """A forwarding front to moto.
+
+    Requests signed for a region in ``down`` get no answer (the connection is dropped); Secrets
+    Manager requests whose ``SecretId`` is in ``denied`` get an ``AccessDeniedException``;
+    every request's operation (``X-Amz-Target``, e.g. ``secretsmanager.GetSecretValue``) is
+    recorded in ``operations``, answered or not.
+    """
 
     url: str
     down: set[str] = field(default_factory=set)
+    denied: set[str] = field(default_factory=set)
+    operations: list[str] = field(default_factory=list)
+
+    def count(self, operation: str) -> int:
+        """How many requests for ``operation`` (``"GetSecretValue"``, say) reached the front."""
+        return sum(1 for seen in list(self.operations) if seen.rsplit(".", 1)[-1] == operation)
 
 
 @dataclass
@@ -96,6 +117,33 @@ class MotoEndpoint:
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
         )
+
+    def sqs(self, region: str | None = None) -> SQSClient:
+        """A test-side SQS client on the server, with the fake credentials."""
+        return boto3.client(
+            "sqs",
+            region_name=region or self.region,
+            endpoint_url=self.url,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+
+    def queue(self, prefix: str = "sidkeyd-notify") -> str:
+        """A new, empty SQS queue no other test uses; returns its URL."""
+        return self.sqs().create_queue(QueueName=f"{prefix}-{uuid.uuid4().hex[:12]}")["QueueUrl"]
+
+    def queue_depth(self, queue_url: str) -> int:
+        """Messages in the queue, visible or in flight (received but not deleted)."""
+        attributes = self.sqs().get_queue_attributes(
+            QueueUrl=queue_url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        return int(attributes["ApproximateNumberOfMessages"]) + int(
+            attributes["ApproximateNumberOfMessagesNotVisible"]
+        )
+
+    def secret_arn(self, name: str, region: str | None = None) -> str:
+        return self.client(region).describe_secret(SecretId=name)["ARN"]
 
     @staticmethod
     def secret_name(prefix: str = "smileid") -> str:
@@ -118,6 +166,58 @@ class MotoEndpoint:
             thread.join()
 
 
+def change_event(
+    secret_id: str, event_name: str = "PutSecretValue", *, region: str = REGION
+) -> dict[str, Any]:
+    """The EventBridge event for a Secrets Manager API call recorded by CloudTrail.
+
+    ``RotationSucceeded`` is a service event: its secret is in ``additionalEventData``.
+    """
+    detail: dict[str, Any] = {
+        "eventVersion": "1.08",
+        "eventSource": "secretsmanager.amazonaws.com",
+        "eventName": event_name,
+        "awsRegion": region,
+    }
+    if event_name == "RotationSucceeded":
+        detail_type = "AWS Service Event via CloudTrail"
+        detail["additionalEventData"] = {"SecretId": secret_id}
+    else:
+        detail_type = "AWS API Call via CloudTrail"
+        detail["requestParameters"] = {"secretId": secret_id}
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": detail_type,
+        "source": "aws.secretsmanager",
+        "account": ACCOUNT,
+        "time": "2024-01-01T00:00:00Z",
+        "region": region,
+        "resources": [],
+        "detail": detail,
+    }
+
+
+def sns_wrapped(event: dict[str, Any]) -> dict[str, Any]:
+    """``event`` as SNS delivers it to an SQS subscription without raw message delivery."""
+    return {
+        "Type": "Notification",
+        "MessageId": str(uuid.uuid4()),
+        "TopicArn": f"arn:aws:sns:{REGION}:{ACCOUNT}:secrets-changed",
+        "Message": json.dumps(event),
+        "Timestamp": "2024-01-01T00:00:00.000Z",
+    }
+
+
+def _access_denied(secret_id: str) -> bytes:
+    return json.dumps(
+        {
+            "__type": "AccessDeniedException",
+            "message": f"not authorized to perform this operation on {secret_id}",
+        }
+    ).encode()
+
+
 def _front_handler(upstream: str, front: OutageFront) -> type[BaseHTTPRequestHandler]:
     host, port = upstream.removeprefix("http://").split(":")
 
@@ -126,9 +226,15 @@ def _front_handler(upstream: str, front: OutageFront) -> type[BaseHTTPRequestHan
 
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            target = self.headers.get("X-Amz-Target", "")
+            front.operations.append(target)
             signed = _SIGNED_REGION.search(self.headers.get("Authorization", ""))
             if signed is not None and signed.group(1) in front.down:
                 self.close_connection = True  # no answer at all: the region is "down"
+                return
+            secret_id = _secret_id(target, body)
+            if secret_id is not None and secret_id in front.denied:
+                self._answer(400, _access_denied(secret_id), "application/x-amz-json-1.1")
                 return
             conn = http.client.HTTPConnection(host, int(port), timeout=30)
             try:
@@ -146,10 +252,28 @@ def _front_handler(upstream: str, front: OutageFront) -> type[BaseHTTPRequestHan
             self.end_headers()
             self.wfile.write(payload)
 
+        def _answer(self, status: int, payload: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
     return Handler
+
+
+def _secret_id(target: str, body: bytes) -> str | None:
+    """The ``SecretId`` of a Secrets Manager JSON request, if it is one."""
+    if not target.startswith("secretsmanager."):
+        return None
+    try:
+        secret_id = json.loads(body).get("SecretId")
+    except (ValueError, AttributeError):
+        return None
+    return secret_id if isinstance(secret_id, str) else None
 
 
 def _wait_until_up(process: subprocess.Popen[bytes], url: str) -> None:
@@ -168,34 +292,58 @@ def _wait_until_up(process: subprocess.Popen[bytes], url: str) -> None:
         time.sleep(0.05)  # polling interval of a bounded wait, not a fixed delay
 
 
-@pytest.fixture(scope="session")
-def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoEndpoint]:
+@contextmanager
+def moto_server(log_path: Path) -> Iterator[MotoEndpoint]:
+    """Run ``moto_server`` from the venv on a free loopback port until the block ends.
+
+    The caller provides the credentials (``fake_credentials()``); the server needs none.
+    """
     executable = Path(sys.executable).with_name("moto_server")
     if not executable.exists():
-        pytest.skip(f"{executable} not found: install moto[server]")
+        raise FileNotFoundError(f"{executable} not found: install moto[server]")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(executable), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log
+        )
+        try:
+            _wait_until_up(process, url)
+            yield MotoEndpoint(url=url)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@contextmanager
+def fake_credentials() -> Iterator[None]:
+    """Fake credentials in ``os.environ`` (inherited by daemons started meanwhile), restored after.
+
+    boto3's standard chain finds them, and nothing else: variables that would take precedence
+    or add to them are removed for the duration.
+    """
     saved = {name: os.environ.get(name) for name in (*FAKE_ENVIRONMENT, *CLEARED_ENVIRONMENT)}
     os.environ.update(FAKE_ENVIRONMENT)
     for name in CLEARED_ENVIRONMENT:
         os.environ.pop(name, None)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = (tmp_path_factory.mktemp("moto") / "moto_server.log").open("wb")
-    process = subprocess.Popen(
-        [str(executable), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log
-    )
     try:
-        _wait_until_up(process, url)
-        yield MotoEndpoint(url=url)
+        yield
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoEndpoint]:
+    if not Path(sys.executable).with_name("moto_server").exists():
+        pytest.skip("moto_server not found in the venv: install moto[server]")
+    log_path = tmp_path_factory.mktemp("moto") / "moto_server.log"
+    with fake_credentials(), moto_server(log_path) as endpoint:
+        yield endpoint

@@ -10,13 +10,20 @@ contain ``{region}``, replaced by the region being called.
 
 Every botocore error is translated here, at the boundary, into a ``SourceError`` through the
 tables below; messages carry AWS's error code and message, never a payload.
+
+With ``notify_queue_url`` set, ``watch()`` starts a daemon thread that long-polls an SQS queue
+fed by EventBridge with Secrets Manager's change events, and tells the engine which secret
+changed; the schedule stays the safety net, so a broken queue is only logged.
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import random
+import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
@@ -40,16 +47,41 @@ from sidkeyd.errors import (
     SourceError,
     TransientSourceError,
 )
-from sidkeyd.log import get_logger
+from sidkeyd.log import get_logger, untrusted
 from sidkeyd.sources import FetchResult, SecretValue, Unchanged
 from sidkeyd.sources.payload import key_from_text
 
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
     from mypy_boto3_secretsmanager.type_defs import GetSecretValueResponseTypeDef
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import DeleteMessageBatchRequestEntryTypeDef, MessageTypeDef
 
 DEFAULT_VERSION_STAGE: Final = "AWSCURRENT"
 MAX_AWS_MESSAGE_CHARS: Final = 300
+
+# The change notifications (``notify_queue_url``).
+NOTIFY_WAIT_S: Final = 20  # SQS long poll: ReceiveMessage's WaitTimeSeconds (at most 20)
+NOTIFY_BATCH: Final = 10  # ReceiveMessage's MaxNumberOfMessages (at most 10)
+NOTIFY_BACKOFF_MIN_S: Final = 1.0
+NOTIFY_BACKOFF_MAX_S: Final = 60.0
+NOTIFY_JOIN_S: Final = 1.0  # close() waits this long for the poller; it is a daemon thread
+# Secrets Manager API calls (CloudTrail ``eventName``) after which a secret's value or staging
+# labels may differ. Reads are deliberately absent: a GetSecretValue event must never force a
+# GetSecretValue (with CloudTrail data events on, that would loop).
+CHANGE_EVENTS: Final = frozenset(
+    {
+        "PutSecretValue",
+        "UpdateSecret",
+        "UpdateSecretVersionStage",
+        "RotationSucceeded",
+        "DeleteSecret",
+        "RestoreSecret",
+    }
+)
+_REGION_IN_HOST = re.compile(r"(?:^|[.-])([a-z]{2}(?:-[a-z]+)+-\d+)\.")
+_ARN = re.compile(r"^(arn:[^:]+:secretsmanager:[^:]*:[^:]*):secret:(.+)$")
+_ARN_SUFFIX = re.compile(r"-[A-Za-z0-9]{6}$")
 
 _T = TransientSourceError
 _P = PermanentSourceError
@@ -203,7 +235,7 @@ class _FixedCredentialProvider(CredentialProvider):
 class AwsSource:
     """``type = "aws"``: keys in AWS Secrets Manager, read with boto3."""
 
-    def __init__(self, config: AwsSourceConfig) -> None:
+    def __init__(self, config: AwsSourceConfig, *, notify_wait_s: int = NOTIFY_WAIT_S) -> None:
         self.name = config.name
         self._config = config
         self._regions = (config.region, *(r for r in config.fallback_regions if r != config.region))
@@ -218,6 +250,11 @@ class AwsSource:
         self._clients: dict[str, SecretsManagerClient] = {}
         self._closed = False
         self._log = get_logger()
+        self._notify_wait_s = max(0, min(NOTIFY_WAIT_S, notify_wait_s))
+        self._notify_region = _queue_region(config.notify_queue_url) or config.region
+        self._sqs: SQSClient | None = None
+        self._watcher: threading.Thread | None = None
+        self._stop = threading.Event()
 
     @property
     def regions(self) -> tuple[str, ...]:
@@ -239,17 +276,9 @@ class AwsSource:
         """
         region = region or self._config.region
         with self._lock:
-            if self._closed:
-                raise PermanentSourceError(f"source {self.name!r} is closed", code="source_closed")
             client = self._clients.get(region)
             if client is None:
-                session = self._session or self._build_session()
-                self._session = session
-                # A client built while the chain finds nothing would stay without credentials
-                # for good; failing now lets the next check look again (IMDS back, say).
-                if session.get_credentials() is None:
-                    raise bx.NoCredentialsError()
-                client = session.client(
+                client = self._usable_session().client(
                     "secretsmanager",
                     region_name=region,
                     endpoint_url=self.endpoint_url(region),
@@ -257,6 +286,40 @@ class AwsSource:
                 )
                 self._clients[region] = client
             return client
+
+    def sqs_client(self) -> SQSClient:
+        """The SQS client for ``notify_queue_url``, built once from the same session.
+
+        Its region is the queue's (read from an AWS queue URL), else the primary region; its
+        endpoint is ``endpoint_url`` when set. Its read timeout covers the long poll.
+        """
+        with self._lock:
+            if self._sqs is None:
+                config = self._config
+                region = self._notify_region
+                self._sqs = self._usable_session().client(
+                    "sqs",
+                    region_name=region,
+                    endpoint_url=self.endpoint_url(region),
+                    config=self._botocore_config.merge(
+                        BotocoreConfig(
+                            read_timeout=config.read_timeout.total_seconds() + self._notify_wait_s
+                        )
+                    ),
+                )
+            return self._sqs
+
+    def _usable_session(self) -> boto3.Session:
+        """The session, built on first use; the caller holds the lock."""
+        if self._closed:
+            raise PermanentSourceError(f"source {self.name!r} is closed", code="source_closed")
+        session = self._session or self._build_session()
+        self._session = session
+        # A client built while the chain finds nothing would stay without credentials for
+        # good; failing now lets the next call look again (IMDS back, say).
+        if session.get_credentials() is None:
+            raise bx.NoCredentialsError()
+        return session
 
     def _build_session(self) -> boto3.Session:
         """boto3's standard chain (optionally a profile), then the role on top if configured."""
@@ -364,15 +427,246 @@ class AwsSource:
         )
 
     def close(self) -> None:
+        self._stop.set()
+        watcher = self._watcher
+        if watcher is not None and watcher is not threading.current_thread():
+            # A long poll in flight is not interrupted: wait a little, then leave the daemon
+            # thread to finish its poll and exit without acting on what it received.
+            watcher.join(timeout=NOTIFY_JOIN_S)
         with self._lock:
             self._closed = True
-            clients, self._clients = list(self._clients.values()), {}
+            clients: list[Any] = list(self._clients.values())
+            if self._sqs is not None:
+                clients.append(self._sqs)
+            self._clients, self._sqs = {}, None
             self._session = None
         for client in clients:
             client.close()
 
+    # -- the WatchingSource protocol ---------------------------------------------------------
+
+    def watch(self, on_change: Callable[[str], None]) -> None:
+        """Long-poll ``notify_queue_url`` in a daemon thread; nothing without one.
+
+        ``on_change(secret_id)`` is called for every change event naming a secret (once per
+        secret per batch received). Every message received is deleted once handled, those that
+        cannot be read too (logged). A failing queue is logged (``aws.notify_failed``) and
+        polled again after a backoff; the schedule goes on regardless.
+        """
+        queue_url = self._config.notify_queue_url
+        if queue_url is None:
+            return
+        with self._lock:
+            if self._watcher is not None or self._closed:
+                return
+            self._watcher = threading.Thread(
+                target=self._watch_loop,
+                args=(queue_url, on_change),
+                name=f"sidkeyd-aws-notify-{self.name}",
+                daemon=True,
+            )
+            self._watcher.start()
+
+    def matches(self, secret: str, changed: str) -> bool:
+        """Whether an event about ``changed`` concerns the configured ``secret``.
+
+        Either may be a name, a partial ARN or a full ARN (whose name ends in ``-`` and six
+        random characters). Two ARNs must also agree on partition, region and account. A
+        doubtful match errs towards yes: it costs one forced check, a miss costs a rotation
+        noticed only on schedule.
+        """
+        if secret == changed:
+            return True
+        secret_prefix, secret_names = _secret_names(secret)
+        changed_prefix, changed_names = _secret_names(changed)
+        if None not in (secret_prefix, changed_prefix) and secret_prefix != changed_prefix:
+            return False
+        return not secret_names.isdisjoint(changed_names)
+
+    def _watch_loop(self, queue_url: str, on_change: Callable[[str], None]) -> None:
+        log = self._log.bind(source=self.name, queue_url=queue_url)
+        log.info("aws.notify_started", wait_s=self._notify_wait_s)
+        rng = random.Random()
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                received = self.sqs_client().receive_message(
+                    QueueUrl=queue_url,
+                    MaxNumberOfMessages=NOTIFY_BATCH,
+                    WaitTimeSeconds=self._notify_wait_s,
+                )
+            except Exception as exc:  # whatever happens, the poller lives on
+                if self._stop.is_set():
+                    break
+                failures += 1
+                error = _as_source_error(exc, self._notify_region)
+                ceiling = min(NOTIFY_BACKOFF_MAX_S, NOTIFY_BACKOFF_MIN_S * 2 ** (failures - 1))
+                delay = rng.uniform(NOTIFY_BACKOFF_MIN_S, max(ceiling, NOTIFY_BACKOFF_MIN_S))
+                log.warning(
+                    "aws.notify_failed",
+                    operation="ReceiveMessage",
+                    error_kind=error.kind,
+                    error_code=error.code,
+                    reason=error.reason,
+                    consecutive_failures=failures,
+                    retry_in_s=round(delay, 3),
+                )
+                self._stop.wait(delay)
+                continue
+            if failures:
+                log.info("aws.notify_recovered", after_failures=failures)
+                failures = 0
+            if self._stop.is_set():
+                break  # left in the queue: visible again after the visibility timeout
+            self._handle_batch(log, queue_url, received.get("Messages", []), on_change)
+        log.info("aws.notify_stopped")
+
+    def _handle_batch(
+        self,
+        log: Any,
+        queue_url: str,
+        messages: Iterable[MessageTypeDef],
+        on_change: Callable[[str], None],
+    ) -> None:
+        changed: dict[str, None] = {}  # ordered, deduplicated
+        receipts: list[str] = []
+        for message in messages:
+            message_id = message.get("MessageId")
+            receipt = message.get("ReceiptHandle")
+            if receipt is not None:
+                receipts.append(receipt)
+            try:
+                event_name, secret = parse_change_event(message.get("Body", ""))
+            except ValueError as exc:
+                log.warning("aws.notify_unparseable", message_id=message_id, reason=str(exc))
+                continue
+            if secret is None:
+                log.debug(
+                    "aws.notify_ignored", message_id=message_id, event_name=untrusted(event_name)
+                )
+                continue
+            log.info(
+                "aws.notify_received",
+                message_id=message_id,
+                event_name=event_name,
+                secret=untrusted(secret, 512),
+            )
+            changed[secret] = None
+        for secret in changed:
+            try:
+                on_change(secret)
+            except Exception as exc:  # e.g. the event loop is already closed
+                log.warning(
+                    "aws.notify_failed",
+                    operation="on_change",
+                    error_code="callback_failed",
+                    reason=type(exc).__name__,
+                )
+        if receipts:
+            self._delete(log, queue_url, receipts)
+
+    def _delete(self, log: Any, queue_url: str, receipts: list[str]) -> None:
+        entries: list[DeleteMessageBatchRequestEntryTypeDef] = [
+            {"Id": str(i), "ReceiptHandle": r} for i, r in enumerate(receipts)
+        ]
+        try:
+            answer = self.sqs_client().delete_message_batch(QueueUrl=queue_url, Entries=entries)
+        except Exception as exc:
+            error = _as_source_error(exc, self._notify_region)
+            log.warning(
+                "aws.notify_failed",
+                operation="DeleteMessageBatch",
+                error_kind=error.kind,
+                error_code=error.code,
+                reason=error.reason,
+            )
+            return
+        failures = answer.get("Failed", [])
+        for failed in failures:
+            log.warning(
+                "aws.notify_failed",
+                operation="DeleteMessageBatch",
+                error_code=failed.get("Code"),
+                reason=_truncate(str(failed.get("Message", ""))),
+            )
+        log.info(
+            "aws.notify_deleted", count=len(answer.get("Successful", [])), failed=len(failures)
+        )
+
     def __repr__(self) -> str:
         return f"AwsSource(name={self.name!r}, regions={self._regions!r})"
+
+
+def parse_change_event(body: str) -> tuple[str, str | None]:
+    """``(event name, secret id)`` of a Secrets Manager event as EventBridge delivers it to SQS.
+
+    The body is the EventBridge event, or an SNS notification whose ``Message`` is (SNS to SQS
+    without raw delivery). The secret is CloudTrail's ``requestParameters.secretId``, or
+    ``additionalEventData.SecretId`` for ``RotationSucceeded``. It is ``None`` for an event
+    that changes no key: another service, a call not in ``CHANGE_EVENTS``, or a call that
+    failed (CloudTrail's ``errorCode``). Raises ``ValueError`` for anything else; the
+    message never quotes the body.
+    """
+    event = _json_object(body, "body")
+    if event.get("Type") == "Notification" and isinstance(event.get("Message"), str):
+        event = _json_object(event["Message"], "SNS Message")
+    detail = event.get("detail")
+    if not isinstance(detail, dict):
+        raise ValueError("not an EventBridge event: no detail object")
+    event_name = detail.get("eventName")
+    if not isinstance(event_name, str):
+        raise ValueError("not a CloudTrail event: no detail.eventName")
+    source = event.get("source")
+    if source not in (None, "aws.secretsmanager") or event_name not in CHANGE_EVENTS:
+        return event_name, None
+    if detail.get("errorCode") is not None:
+        return event_name, None
+    for container, field in (
+        ("requestParameters", "secretId"),
+        ("additionalEventData", "SecretId"),
+    ):
+        holder = detail.get(container)
+        if isinstance(holder, dict) and isinstance(holder.get(field), str) and holder[field]:
+            return event_name, str(holder[field])
+    raise ValueError(f"{event_name} event names no secret")
+
+
+def _json_object(text: str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise ValueError(f"{what} is not JSON") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} is not a JSON object")
+    return value
+
+
+def _secret_names(secret: str) -> tuple[str | None, frozenset[str]]:
+    """``(ARN prefix or None, the names it may stand for)`` of a secret name or ARN.
+
+    An ARN's last part may end in Secrets Manager's ``-`` and six random characters (full ARN)
+    or not (partial ARN); both readings are kept.
+    """
+    arn = _ARN.match(secret)
+    if arn is None:
+        return None, frozenset({secret})
+    prefix, name = arn.groups()
+    return prefix, frozenset({name, _ARN_SUFFIX.sub("", name)})
+
+
+def _queue_region(queue_url: str | None) -> str | None:
+    """The region in an AWS queue URL (``https://sqs.eu-west-1.amazonaws.com/…``), if any."""
+    if queue_url is None:
+        return None
+    host = queue_url.split("://", 1)[-1].split("/", 1)[0]
+    found = _REGION_IN_HOST.search(host)
+    return found.group(1) if found else None
+
+
+def _as_source_error(exc: Exception, region: str) -> SourceError:
+    if isinstance(exc, SourceError):
+        return exc
+    return translate_error(exc, region)
 
 
 def _payload_text(response: GetSecretValueResponseTypeDef) -> str:
