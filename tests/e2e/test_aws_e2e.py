@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import signal
 from collections.abc import Iterator
@@ -13,6 +10,7 @@ import pytest
 
 from support.daemon import Daemon
 from support.moto_server import MotoEndpoint
+from support.signatures import expected_signature
 
 pytestmark = pytest.mark.aws
 
@@ -40,12 +38,6 @@ max_attempts = 1
 source = "aws"
 secret = "{secret}"
 """
-
-
-def expected_signature(key: str, timestamp: str, partner_id: str) -> str:
-    """Computed here, independently of sidkeyd.signing."""
-    mac = hmac.new(key.encode(), f"{timestamp}{partner_id}sid_request".encode(), hashlib.sha256)
-    return base64.b64encode(mac.digest()).decode()
 
 
 def payload(api_key: str) -> str:

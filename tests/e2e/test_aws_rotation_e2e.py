@@ -8,9 +8,6 @@ event or a daemon answer. SIGHUP is covered in test_aws_e2e.py.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +16,7 @@ from typing import Any
 import pytest
 
 from sidkeyd.errors import RequestFailedError
+from support import signatures
 from support.daemon import Daemon
 from support.moto_server import REGION, MotoEndpoint, OutageFront, change_event
 
@@ -72,9 +70,7 @@ StartDaemon = Callable[..., Daemon]
 
 
 def expected_signature(key: str, timestamp: str, partner_id: str = PARTNER_ID) -> str:
-    """Computed here, independently of sidkeyd.signing."""
-    mac = hmac.new(key.encode(), f"{timestamp}{partner_id}sid_request".encode(), hashlib.sha256)
-    return base64.b64encode(mac.digest()).decode()
+    return signatures.expected_signature(key, timestamp, partner_id)
 
 
 def signed_with(key: str, signed: dict[str, Any]) -> bool:

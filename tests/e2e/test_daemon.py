@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import os
 import shutil
@@ -21,6 +18,7 @@ import pytest
 from sidkeyd.client import Client, Signature
 from sidkeyd.errors import RequestFailedError
 from support.daemon import Daemon, parse_responses, read_all
+from support.signatures import expected_signature
 
 SANDBOX_KEY = "e2e-sandbox-key-7f3a9c1d-not-real"
 PRODUCTION_KEY = "e2e-production-key-b2e4-ünïcødé"
@@ -61,12 +59,6 @@ source = "local"
 secret = "smileid/production"
 partner_id = "1622"
 """
-
-
-def expected_signature(key: str, timestamp: str, partner_id: str) -> str:
-    """Computed here, independently of sidkeyd.signing."""
-    mac = hmac.new(key.encode(), f"{timestamp}{partner_id}sid_request".encode(), hashlib.sha256)
-    return base64.b64encode(mac.digest()).decode()
 
 
 def now_iso() -> str:

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_daemon import CONFIG, KEYS, ROTATED_KEY, SANDBOX_KEY, expected_signature
+from test_daemon import CONFIG, KEYS, ROTATED_KEY, SANDBOX_KEY
 
 from support.daemon import Daemon
+from support.signatures import expected_signature
 
 ALL_KEYS = (SANDBOX_KEY, ROTATED_KEY)
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import signal
 from collections.abc import Callable
 
@@ -12,6 +9,7 @@ import pytest
 
 from support.daemon import Daemon
 from support.openbao_server import OpenBao
+from support.signatures import expected_signature
 
 pytestmark = pytest.mark.vault
 
@@ -45,12 +43,6 @@ remove_secret_id_file_after_reading = true
 source = "bao"
 secret = "PATH"
 """
-
-
-def expected_signature(key: str, timestamp: str, partner_id: str) -> str:
-    """Computed here, independently of sidkeyd.signing."""
-    mac = hmac.new(key.encode(), f"{timestamp}{partner_id}sid_request".encode(), hashlib.sha256)
-    return base64.b64encode(mac.digest()).decode()
 
 
 def test_vault_key_is_rotated_on_sighup(

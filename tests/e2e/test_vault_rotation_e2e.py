@@ -7,9 +7,6 @@ policy is), and verification with the previous version. Every wait is on a logge
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +17,7 @@ from typing import Any
 import pytest
 
 from sidkeyd.errors import RequestFailedError
+from support import signatures
 from support.daemon import Daemon
 from support.openbao_server import CountingProxy, OpenBao
 
@@ -77,9 +75,7 @@ StartDaemon = Callable[..., Daemon]
 
 
 def expected_signature(key: str, timestamp: str, partner_id: str = PARTNER_ID) -> str:
-    """Computed here, independently of sidkeyd.signing."""
-    mac = hmac.new(key.encode(), f"{timestamp}{partner_id}sid_request".encode(), hashlib.sha256)
-    return base64.b64encode(mac.digest()).decode()
+    return signatures.expected_signature(key, timestamp, partner_id)
 
 
 def now_iso() -> str:
