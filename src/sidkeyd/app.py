@@ -32,6 +32,7 @@ from sidkeyd.rotation import Health, KeyManager, Trigger
 from sidkeyd.signing import TimestampClock, TimestampError, check_timestamp
 
 Result = Response | Awaitable[Response]
+_DECODER = json.JSONDecoder()
 MAX_SIGNATURE_CHARS = 128
 MAX_TIMESTAMP_CHARS = 64
 
@@ -304,7 +305,7 @@ class Application:
         if not request.body and allow_empty:
             return {}
         try:
-            body = json.loads(request.body)
+            body = _DECODER.decode(request.body.decode())
         except (ValueError, RecursionError):  # RecursionError: nesting deeper than the decoder
             raise BadRequest("invalid_json", "request body must be a JSON object") from None
         if not isinstance(body, dict):

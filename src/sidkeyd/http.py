@@ -48,8 +48,13 @@ def reason_phrase(status: int) -> str:
         return "Unknown"
 
 
+_OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+
+
 def encode_response(response: Response, *, keep_alive: bool) -> bytes:
     """The response on the wire: status line, headers, JSON body."""
+    if response.status == 200 and keep_alive and not response.headers and not response.close:
+        return b"%s%d\r\n\r\n%s" % (_OK_HEAD, len(response.body), response.body)
     head = [
         f"HTTP/1.1 {response.status} {reason_phrase(response.status)}",
         "Content-Type: application/json",

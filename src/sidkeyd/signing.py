@@ -69,15 +69,18 @@ def format_timestamp(now: datetime) -> str:
 
 
 class TimestampClock:
-    """Makes the default timestamp; the per-second prefix is cached (hot path).
+    """UTC "now" with ``digits`` fractional digits and "Z"; the per-second prefix is cached.
 
-    Integer nanoseconds, not float seconds: a float would turn .123 into .122.
+    Integer nanoseconds, not float seconds: a float would turn .123 into .122. The sign path
+    uses milliseconds (the vendor's format); the audit log uses microseconds.
     """
 
-    __slots__ = ("_prefix", "_second", "_time_ns")
+    __slots__ = ("_divisor", "_prefix", "_second", "_time_ns", "_width")
 
-    def __init__(self, time_ns: Callable[[], int] = time.time_ns) -> None:
+    def __init__(self, time_ns: Callable[[], int] = time.time_ns, digits: int = 3) -> None:
         self._time_ns = time_ns
+        self._divisor = 10 ** (9 - digits)
+        self._width = digits
         self._second = -1
         self._prefix = ""
 
@@ -86,7 +89,7 @@ class TimestampClock:
         if second != self._second:
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
             self._second = second
-        return f"{self._prefix}{nanos // 1_000_000:03d}Z"
+        return f"{self._prefix}{nanos // self._divisor:0{self._width}d}Z"
 
 
 def parse_timestamp(text: str) -> datetime:

@@ -149,3 +149,9 @@ def test_timestamp_outside_skew_is_refused() -> None:
     for text in ("2026-11-25T22:10:12Z", "2026-11-25T21:58:10Z"):
         with pytest.raises(TimestampError, match="away from the daemon's clock"):
             check_timestamp(text, NOW, skew)
+
+
+def test_clock_with_microseconds() -> None:
+    """digits=6 writes microseconds, as the audit log's timestamps."""
+    base = int(NOW.replace(microsecond=0).timestamp()) * 10**9 + 123_456_789
+    assert "2026-11-25T22:04:11.123456Z" == TimestampClock(lambda: base, digits=6).now()
