@@ -81,8 +81,11 @@ class HttpProtocol(asyncio.Protocol):
         self._busy = False
         self._closing = False
         self._timer: asyncio.TimerHandle | None = None
-        self._messages = 0
-        self._unreported_bytes = 0  # held by httptools: a header line not yet complete
+        self._deadline = 0.0
+        # The timer never sleeps longer than the shortest timeout, so re-arming is a store.
+        self._tick = min(limits.read_timeout_s, limits.idle_timeout_s)
+        self._partial_line = 0  # bytes of a head line httptools holds until it is complete
+        self._chunk_body_bytes = 0  # body bytes parsed from the chunk being fed
         self._log = get_logger()
         self._reset_message()
 
@@ -93,6 +96,7 @@ class HttpProtocol(asyncio.Protocol):
         self._body_bytes = 0
         self._has_length = False
         self._in_message = False
+        self._in_head = False  # between message begin and headers complete
 
     # -- connection events ---------------------------------------------------------------
 
@@ -125,7 +129,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         if not self._in_message:
             self._arm_timer(self._limits.read_timeout_s)
-        progress = (self._messages, self._header_bytes, self._body_bytes)
+        self._chunk_body_bytes = 0
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -141,22 +145,34 @@ class HttpProtocol(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(400, "malformed_request", f"malformed HTTP request: {exc}")
         else:
-            # httptools reports a header only once its line is complete and buffers it until
-            # then: bytes that produced no callback at all count against max_header_bytes.
-            if progress != (self._messages, self._header_bytes, self._body_bytes):
-                self._unreported_bytes = 0
-            elif self._in_message:
-                self._unreported_bytes += len(data)
-                if self._unreported_bytes > self._limits.max_header_bytes:
-                    limit = self._limits.max_header_bytes
-                    self._fail(431, "headers_too_large", f"request headers are over {limit} bytes")
+            self._check_partial_line(data)
+
+    def _check_partial_line(self, data: bytes) -> None:
+        """Bound a head line still arriving: httptools reports it only once complete.
+
+        The length since the last newline is the same however the bytes were split.
+        """
+        if not self._in_head:
+            self._partial_line = 0
+            return
+        newline = data.rfind(b"\n")
+        if newline < 0:
+            self._partial_line += len(data)
+        else:
+            # A pipelined body without a newline may stand between that newline and this
+            # message's first byte; its bytes are not part of the line.
+            tail = len(data) - newline - 1
+            self._partial_line = max(0, tail - self._chunk_body_bytes)
+        if self._partial_line > self._limits.max_header_bytes:
+            limit = self._limits.max_header_bytes
+            self._fail(431, "headers_too_large", f"request headers are over {limit} bytes")
 
     # -- parser callbacks ----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         self._reset_message()
-        self._messages += 1
         self._in_message = True
+        self._in_head = True
         self._arm_timer(self._limits.read_timeout_s)
 
     def on_url(self, url: bytes) -> None:
@@ -174,6 +190,7 @@ class HttpProtocol(asyncio.Protocol):
             self._has_length = True
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         # Refused here, before the request is handled: llhttp would complete an upgrade
         # request without its body and leave the rest of the bytes to the new protocol.
         if self._parser.should_upgrade():
@@ -181,6 +198,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
+        self._chunk_body_bytes += len(body)
         if self._body_bytes > self._limits.max_body_bytes:
             raise self._too_large()
         self._body.append(body)
@@ -267,8 +285,17 @@ class HttpProtocol(asyncio.Protocol):
     # -- timers and shutdown -------------------------------------------------------------
 
     def _arm_timer(self, seconds: float) -> None:
-        self._cancel_timer()
-        self._timer = self._loop.call_later(seconds, self._on_timeout)
+        self._deadline = self._loop.time() + seconds
+        if self._timer is None:
+            self._timer = self._loop.call_later(self._tick, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        left = self._deadline - self._loop.time()
+        if left > 0:
+            self._timer = self._loop.call_later(min(self._tick, left), self._on_timer)
+        else:
+            self._on_timeout()
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

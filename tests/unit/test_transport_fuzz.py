@@ -299,6 +299,27 @@ def test_a_header_line_in_many_pieces_within_the_limit_is_accepted(server: Serve
     assert [200] == [reply.status for reply in outcome.replies]
 
 
+def test_an_endless_header_line_in_one_chunk_is_refused_too(server: Server) -> None:
+    """The whole over-long line arriving in the first chunk gets 431, as when split."""
+    line = b"POST /v1/sign HTTP/1.1\r\nContent-Length: 10\r\n" + b"a" * (
+        LIMITS.max_header_bytes + 5
+    )
+    whole = feed(server, [line])
+    pieces = feed(server, split(line, [30, 60]))
+    assert [(431, "headers_too_large")] == [(r.status, r.code) for r in whole.replies]
+    assert [(r.status, r.code) for r in whole.replies] == [
+        (r.status, r.code) for r in pieces.replies
+    ]
+
+
+def test_a_newline_free_body_before_a_pipelined_request_is_not_a_header(server: Server) -> None:
+    """A long body then the start of the next request, in one chunk: no 431 for the body."""
+    body = b'{"environment": "sandbox"' + b" " * (LIMITS.max_header_bytes + 10) + b"}"
+    first = request("POST", "/v1/sign", body)
+    outcome = feed(server, [first + SIGN[:20], SIGN[20:]])
+    assert [200, 200] == [reply.status for reply in outcome.replies]
+
+
 def test_nothing_is_written_after_a_connection_close_response(server: Server) -> None:
     """Bytes after a ``Connection: close`` request in the same read get no second response."""
     closing = request("GET", "/v1/health", headers=["Connection: close"])
