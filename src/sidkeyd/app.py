@@ -50,6 +50,15 @@ class BadRequest(Exception):
         super().__init__(message)
 
 
+def _is_utf8_text(value: str) -> bool:
+    """JSON's \\ud800 escapes decode to lone surrogates, which no UTF-8 encoder accepts."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
 
@@ -92,7 +101,8 @@ class Application:
     def handle(self, request: Request) -> Result:
         methods = self._routes.get(request.path)
         if methods is None:
-            return self._reject(request, 404, "not_found", f"no such path {request.path!r}")
+            path = untrusted(request.path, 64)
+            return self._reject(request, 404, "not_found", f"no such path {path!r}")
         handler = methods.get(request.method)
         if handler is None:
             allow = ", ".join(methods)
@@ -321,6 +331,8 @@ class Application:
                 body[name] = str(value)
             elif not isinstance(value, str):
                 raise BadRequest("invalid_request", f"field {name!r} must be a string")
+            elif not value.isascii() and not _is_utf8_text(value):
+                raise BadRequest("invalid_request", f"field {name!r} has an unpaired surrogate")
         return body
 
     def _environment(self, body: dict[str, str], peer: Peer | None) -> str:

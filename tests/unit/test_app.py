@@ -101,6 +101,13 @@ def test_verify_reports_valid_and_invalid(app) -> None:
         ("DELETE", "/v1/status", None, 405, "method_not_allowed"),
         ("GET", "/", None, 404, "not_found"),
         ("POST", "/v1/refresh", b"", 403, "forbidden"),
+        (
+            "POST",
+            "/v1/verify",
+            b'{"environment": "sandbox", "timestamp": "\\ud800", "signature": "x"}',
+            400,
+            "invalid_request",
+        ),
     ],
 )
 def test_errors_have_status_and_code(app, method, path, body, status, code) -> None:
