@@ -9,9 +9,11 @@ path asks ``signing_key()``, which does no I/O and no clock arithmetic: timers f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import random
 import socket
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -227,8 +229,30 @@ class KeyManager:
                 if timer is not None:
                     timer.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
-        for source in {id(s): s for s in self._sources.values()}.values():
-            source.close()
+        await self._close_sources(self._config.server.shutdown_timeout.total_seconds())
+
+    async def _close_sources(self, timeout_s: float) -> None:
+        """Close every source in its own daemon thread: a backend stuck in a call (a hung
+        credential helper, a black-holed Vault) must not hold the shutdown past its budget."""
+        loop = asyncio.get_running_loop()
+        waiting: dict[asyncio.Future[None], str] = {}
+        for name, source in self._sources.items():
+            done: asyncio.Future[None] = loop.create_future()
+
+            def close(source: Source = source, done: asyncio.Future[None] = done) -> None:
+                try:
+                    source.close()
+                finally:
+                    with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                        loop.call_soon_threadsafe(_resolve, done)
+
+            threading.Thread(target=close, name=f"sidkeyd-close-{name}", daemon=True).start()
+            waiting[done] = name
+        if not waiting:
+            return
+        _, pending = await asyncio.wait(waiting, timeout=timeout_s)
+        if pending:
+            self._log.warning("source.close_timeout", sources=sorted(waiting[f] for f in pending))
 
     def _start_watchers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -506,6 +530,11 @@ class KeyManager:
         if state.last_error is not None:
             return Health.DEGRADED, f"serving the last good key; {_reason(state)}"
         return Health.HEALTHY, None
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _reason(state: EnvironmentState) -> str:

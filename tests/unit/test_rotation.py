@@ -380,3 +380,36 @@ def test_recovery_after_failures_is_logged() -> None:
         assert (2, "admin") == (recovered["failures"], recovered["trigger"])
 
     run(body)
+
+
+def test_stop_does_not_wait_forever_for_a_stuck_source() -> None:
+    """A source whose close() hangs is given shutdown_timeout, then left behind and named."""
+    manager, source, _ = make()
+    release = threading.Event()
+    source.close = lambda: release.wait(30)  # type: ignore[method-assign]
+    manager._config = replace(  # a short budget for this test
+        manager._config,
+        server=replace(manager._config.server, shutdown_timeout=timedelta(milliseconds=50)),
+    )
+
+    async def body() -> None:
+        await manager.start()
+        with capture_logs() as logs:
+            await manager.stop()
+        release.set()
+        timeout = next(e for e in logs if e["event"] == "source.close_timeout")
+        assert ["fake"] == timeout["sources"]
+
+    run(body)
+
+
+def test_stop_closes_every_source() -> None:
+    """Sources are closed at stop."""
+    manager, source, _ = make()
+
+    async def body() -> None:
+        await manager.start()
+        await manager.stop()
+
+    run(body)
+    assert source.closed
