@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="show each environment's key state")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
+    status.add_argument("--env", help="only this environment")
+    status.add_argument(
+        "--expect-version",
+        metavar="VERSION",
+        help="with --env: exit 1 unless the key in use has this version (fleet rollout checks)",
+    )
     with_socket(status)
 
     health = commands.add_parser("health", help="exit 0 if every environment can sign")
@@ -159,12 +165,7 @@ def _client_command(args: argparse.Namespace) -> int:
             _print_json(result)
             return EXIT_OK if result["valid"] else EXIT_NEGATIVE
         if args.command == "status":
-            status = client.status()
-            if args.json:
-                _print_json(status)
-            else:
-                print(format_status(status))
-            return EXIT_OK
+            return _status(client, args)
         if args.command == "health":
             healthy, payload = client.health()
             _print_json(payload)
@@ -181,6 +182,30 @@ def _client_command(args: argparse.Namespace) -> int:
     finally:
         client.close()
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _status(client: Client, args: argparse.Namespace) -> int:
+    status = client.status()
+    if args.expect_version is not None and args.env is None:
+        print("sidkeyd: --expect-version needs --env", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.env is not None:
+        if args.env not in status["environments"]:
+            print(f"sidkeyd: no environment {args.env!r}", file=sys.stderr)
+            return EXIT_NEGATIVE
+        status = {"environments": {args.env: status["environments"][args.env]}}
+    if args.json:
+        _print_json(status)
+    else:
+        print(format_status(status))
+    if args.expect_version is not None:
+        held = status["environments"][args.env]["key_version"]
+        if held != args.expect_version:
+            print(
+                f"sidkeyd: {args.env} uses {held!r}, not {args.expect_version!r}", file=sys.stderr
+            )
+            return EXIT_NEGATIVE
+    return EXIT_OK
 
 
 def _print_json(payload: object) -> None:

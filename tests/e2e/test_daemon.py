@@ -351,3 +351,13 @@ def test_the_shipped_development_config_serves(tmp_path: Path) -> None:
         assert ("085", "sandbox") == (signed["partner_id"], signed["environment"])
     finally:
         assert 0 == daemon.stop()
+
+
+def test_status_expect_version_checks_the_key_in_use(daemon: Daemon) -> None:
+    """`status --env E --expect-version V` exits 0 for the held version and 1 for another."""
+    version = daemon.client().sign("sandbox")["key_version"]
+    held = daemon.cli("status", "--env", "sandbox", "--expect-version", version)
+    other = daemon.cli("status", "--env", "sandbox", "--expect-version", "sha256:other")
+    assert (0, 1) == (held.returncode, other.returncode)
+    assert "production" not in held.stdout
+    assert "sha256:other" in other.stderr
