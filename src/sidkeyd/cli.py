@@ -16,7 +16,7 @@ from typing import Any
 
 from sidkeyd import __version__
 from sidkeyd.client import Client
-from sidkeyd.config import DEFAULT_CONFIG_PATH
+from sidkeyd.config import DEFAULT_CONFIG_PATH, Config
 from sidkeyd.errors import (
     ConfigError,
     DaemonUnavailableError,
@@ -107,17 +107,22 @@ def _config_path(args: argparse.Namespace) -> Path:
     return Path(os.environ.get("SIDKEYD_CONFIG") or DEFAULT_CONFIG_PATH)
 
 
-def _load(path: Path) -> Any:
+def _load(path: Path) -> Config | None:
+    """The validated config, or None after printing every problem."""
     from sidkeyd.config_loader import load_config
 
-    return load_config(path)
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem.key}: {problem.reason}", file=sys.stderr)
+        return None
 
 
 def _check_config(path: Path) -> int:
-    try:
-        config = _load(path)
-    except ConfigError as exc:
-        _print_problems(path, exc)
+    config = _load(path)
+    if config is None:
         return EXIT_CONFIG
     print(f"{path}: ok ({len(config.environments)} environments, {len(config.sources)} sources)")
     for warning in config.warnings():
@@ -125,21 +130,13 @@ def _check_config(path: Path) -> int:
     return EXIT_OK
 
 
-def _print_problems(path: Path, exc: ConfigError) -> None:
-    print(f"{path}: {len(exc.problems)} problem(s)", file=sys.stderr)
-    for problem in exc.problems:
-        print(f"  {problem.key}: {problem.reason}", file=sys.stderr)
-
-
 def _serve(path: Path) -> int:
     from sidkeyd.keystore import KeyStore
     from sidkeyd.log import configure_logging, get_logger
     from sidkeyd.server import Server
 
-    try:
-        config = _load(path)
-    except ConfigError as exc:
-        _print_problems(path, exc)
+    config = _load(path)
+    if config is None:
         return EXIT_CONFIG
     store = KeyStore()
     configure_logging(config.log, store.secrets)

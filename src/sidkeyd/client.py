@@ -125,17 +125,16 @@ class Client:
                     sock = self._connect()
                     sock.sendall(message)
                     return self._read_response(sock)
-                except _ConnectionDropped as exc:
+                except (_ConnectionDropped, OSError) as exc:
                     self._disconnect()
                     if fresh or attempt == 2:
+                        reason = (
+                            "closed the connection"
+                            if isinstance(exc, _ConnectionDropped)
+                            else f"cannot be reached: {exc.strerror or exc}"
+                        )
                         raise DaemonUnavailableError(
-                            f"sidkeyd at {self.socket_path} closed the connection"
-                        ) from exc
-                except OSError as exc:
-                    self._disconnect()
-                    if fresh or attempt == 2:
-                        raise DaemonUnavailableError(
-                            f"cannot reach sidkeyd at {self.socket_path}: {exc.strerror or exc}"
+                            f"sidkeyd at {self.socket_path} {reason}"
                         ) from exc
         raise AssertionError("unreachable")
 
