@@ -58,6 +58,17 @@ class LogCapture:
                 if e.get("event") == name and all(e.get(k) == v for k, v in fields.items())
             ]
 
+    def wait_until(
+        self, name: str, predicate: Callable[[dict[str, Any]], bool], *, timeout: float = WAIT
+    ) -> dict[str, Any]:
+        """The first ``name`` event for which ``predicate`` holds, waiting for it (bounded)."""
+        with self._cond:
+            found = self._cond.wait_for(
+                lambda: [e for e in self.matching(name) if predicate(e)], timeout
+            )
+        assert found, f"no matching {name} within {timeout}s; saw {self.events}"
+        return found[0]
+
     def wait_for(self, name: str, *, timeout: float = WAIT, **fields: Any) -> dict[str, Any]:
         with self._cond:
             found = self._cond.wait_for(lambda: self.matching(name, **fields), timeout)
@@ -479,6 +490,29 @@ def test_token_near_max_ttl_is_replaced_by_a_new_login(
 
     assert ("approle", 3) == (event["auth_method"], event["ttl_s"])
     assert Unchanged("1") == result
+
+
+def test_capped_renewal_without_token_file_is_not_a_failure(
+    openbao: OpenBao,
+    kv2: Secret,
+    make_source: Callable[..., VaultSource],
+    tmp_path: Path,
+    logs: LogCapture,
+) -> None:
+    """A renewal capped by the max TTL while token_file is missing is still a renewal."""
+    created = openbao.admin.auth.token.create(
+        policies=[kv2.policy], ttl="3s", explicit_max_ttl="4s", renewable=True, no_parent=True
+    )
+    token_file = write(tmp_path, "token", created["auth"]["client_token"])
+    source = make_source(VaultAuthConfig(method="token", token_file=token_file))
+    source.fetch(environment(kv2), None)
+    login_ttl = logs.wait_for("vault.authenticated")["ttl_s"]
+    token_file.unlink()  # Vault Agent is about to write a new one
+
+    logs.wait_until("vault.token_renewed", lambda e: e["ttl_s"] < login_ttl)
+    source.close()  # waits for the renewer: whatever followed the renewal is logged by now
+
+    assert [] == logs.matching("vault.token_renewal_failed")
 
 
 def test_close_stops_the_renewer(

@@ -14,7 +14,7 @@ from sidkeyd.errors import (
     SourceError,
     TransientSourceError,
 )
-from sidkeyd.sources.vault import ERROR_MAP, translate
+from sidkeyd.sources.vault import ERROR_MAP, retry_delay, translate
 
 VAULT_ERRORS = sorted(
     (
@@ -135,3 +135,21 @@ def test_requests_messages_are_not_repeated() -> None:
     error = translate(exc, "reading secret/data/x")
 
     assert "reading secret/data/x: ConnectionError" == error.reason
+
+
+@pytest.mark.parametrize(
+    ("failures", "expected"), [(1, 1.0), (2, 2.0), (5, 16.0), (7, 60.0), (5000, 60.0)]
+)
+def test_retry_after_expiry_is_plain_exponential_backoff(failures: int, expected: float) -> None:
+    """Once the token has expired, a failing renewer backs off 1s doubling to 60s, not 1s."""
+    assert expected == retry_delay(failures, remaining=-30.0)
+
+
+def test_retry_while_valid_is_never_later_than_halfway_to_expiry() -> None:
+    """While the token is valid, the retry comes no later than halfway to its expiry."""
+    assert 5.0 == retry_delay(10, remaining=10.0)
+
+
+def test_retry_while_valid_is_never_sooner_than_a_second() -> None:
+    """A token about to expire does not make the renewer retry in a busy loop."""
+    assert 1.0 == retry_delay(10, remaining=0.5)

@@ -10,7 +10,8 @@ Token lifecycle (hvac renews nothing by itself):
 * The renewer renews the token at two thirds of its TTL. When a renewal is refused, or when the
   granted TTL comes back shorter than the TTL obtained at login (the max TTL is capping it), it
   logs in again. A failed renewal or login (Vault down, sealed) is retried with exponential
-  backoff (1s doubling to 60s, never later than halfway to the token's expiry).
+  backoff (1s doubling to 60s; while the token is valid, never later than halfway to its
+  expiry).
 * Each ``fetch`` also checks the token first: an expired token (say the renewer could not reach
   Vault for a while, or the host was suspended) is replaced inline before the read. The timer
   keeps the token alive between checks; the check covers whatever the timer could not do.
@@ -511,9 +512,7 @@ class VaultSource:
             # Nothing to renew and no way to log in: the read after expiry re-reads the token.
             return None
         if self._renew_failures:
-            backoff = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2.0 ** (self._renew_failures - 1))
-            halfway = lease.remaining(now) / 2
-            return max(BACKOFF_MIN_S, min(backoff, halfway))
+            return retry_delay(self._renew_failures, lease.remaining(now))
         return lease.renew_at() - now
 
     def _renew_or_reauthenticate(self) -> None:
@@ -546,9 +545,17 @@ class VaultSource:
         )
         # The max TTL caps the renewal: log in again. With a token from a file or VAULT_TOKEN,
         # switch only once Vault Agent has written a new one.
-        held = self._token.value if self._token is not None else None
-        if granted < lease.login_ttl and (can_login or self._configured_token() != held):
-            self._authenticate("max_ttl")
+        if granted >= lease.login_ttl:
+            return
+        if not can_login:
+            held = self._token.value if self._token is not None else None
+            try:
+                configured = self._configured_token()
+            except SourceError:
+                return  # token_file missing for now: not a failed renewal; looked at next time
+            if configured == held:
+                return
+        self._authenticate("max_ttl")
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -591,6 +598,18 @@ class VaultSource:
             namespace=config.namespace,
             session=session,
         )
+
+
+def retry_delay(failures: int, remaining: float) -> float:
+    """Seconds before the renewer tries again after ``failures`` consecutive failures.
+
+    Exponential backoff, 1s doubling to 60s. While the token is still valid, never later than
+    halfway to its expiry (nor sooner than 1s); once it has expired, the plain backoff.
+    """
+    backoff = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2.0 ** min(failures - 1, 16))
+    if remaining <= 0:
+        return backoff
+    return max(BACKOFF_MIN_S, min(backoff, remaining / 2))
 
 
 def _mapping(value: object, what: str) -> Mapping[str, Any]:
