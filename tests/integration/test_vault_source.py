@@ -27,7 +27,7 @@ from sidkeyd.keystore import KeyStore
 from sidkeyd.rotation import KeyManager, Trigger
 from sidkeyd.sources import SecretValue, Unchanged
 from sidkeyd.sources.vault import VaultSource
-from support.openbao_server import OpenBao, free_port
+from support.openbao_server import CountingProxy, OpenBao, free_port
 
 pytestmark = pytest.mark.vault
 
@@ -528,6 +528,55 @@ def test_close_stops_the_renewer(
 
     assert 1 <= len(running)
     assert not any(t.is_alive() for t in running)
+
+
+def test_close_stops_a_fetch_in_flight_before_it_logs_in_again(
+    openbao: OpenBao, kv2: Secret, tmp_path: Path
+) -> None:
+    """A fetch holding the lock when close() is called stops at its next step: source_closed."""
+    outcome: list[object] = []
+    env = environment(kv2)
+    with CountingProxy(openbao.url) as proxy:
+        config = VaultSourceConfig(
+            name="vault", url=proxy.url, auth=approle_auth(openbao, tmp_path, kv2.policy)
+        )
+        source = VaultSource(config)
+        source.fetch(env, None)
+        openbao.revoke_approle_tokens()  # the next read is refused: a re-login would follow
+
+        def check() -> None:
+            try:
+                outcome.append(source.fetch(env, "1"))
+            except TransientSourceError as exc:
+                outcome.append(exc)
+
+        proxy.hold()
+        fetching = threading.Thread(target=check)
+        fetching.start()
+        assert proxy.wait_held(WAIT)  # the fetch holds the lock, its read held by the proxy
+        closing = threading.Thread(target=source.close)
+        closing.start()
+        assert source._closing.wait(WAIT)  # close() is now waiting for the lock
+        proxy.release()
+        fetching.join(WAIT)
+        closing.join(WAIT)
+
+    assert 1 == len(outcome)
+    assert isinstance(outcome[0], TransientSourceError)
+    assert "source_closed" == outcome[0].code
+
+
+def test_fetch_after_close_is_refused(
+    openbao: OpenBao, kv2: Secret, make_source: Callable[..., VaultSource], tmp_path: Path
+) -> None:
+    """A closed source makes no call: TransientSourceError(source_closed)."""
+    source = make_source(approle_auth(openbao, tmp_path, kv2.policy))
+    source.close()
+
+    with pytest.raises(TransientSourceError) as caught:
+        source.fetch(environment(kv2), None)
+
+    assert "source_closed" == caught.value.code
 
 
 # -- outages ---------------------------------------------------------------------------

@@ -5,7 +5,8 @@ unique paths, policies and roles (``server.unique("name")``). Tests that seal th
 their own with ``OpenBao.start(folder)`` so a failure cannot leave the shared one sealed.
 
 ``CountingProxy`` sits between a client and a server and records every request it forwards,
-so that a test can count the reads that really reached the backend.
+so that a test can count the reads that really reached the backend; it can also hold requests
+until the test releases them.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import pytest
 import requests
 
 STARTUP_TIMEOUT = 30.0
+HOLD_TIMEOUT = 30.0  # a held request is forwarded after this long even if never released
 BAO = Path(sys.executable).parent / "bao"
 _UNSEAL_KEY = re.compile(r"^Unseal Key: (\S+)\s*$", re.MULTILINE)
 
@@ -206,6 +208,9 @@ class CountingProxy:
         mark = proxy.mark()
         ...
         proxy.kv2_reads(path, since=mark)      # [("GET", "/v1/secret/data/...")]
+        proxy.hold()                           # requests now wait...
+        proxy.wait_held(10)                    # ...one has arrived and waits
+        proxy.release()                        # forward it, and those after it
     """
 
     def __init__(self, upstream: str) -> None:
@@ -215,6 +220,9 @@ class CountingProxy:
         self._upstream = (parts.hostname, parts.port)
         self._lock = threading.Lock()
         self._seen: list[tuple[str, str]] = []
+        self._open = threading.Event()
+        self._open.set()
+        self._held = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -251,11 +259,28 @@ class CountingProxy:
         wanted = {f"/v1/{mount}/data/{path}", f"/v1/{mount}/metadata/{path}"}
         return [(m, p) for m, p in self.seen()[since:] if m == "GET" and p in wanted]
 
+    # -- holding requests ----------------------------------------------------------------
+
+    def hold(self) -> None:
+        """Requests arriving from now on wait for ``release()`` (at most HOLD_TIMEOUT)."""
+        self._held.clear()
+        self._open.clear()
+
+    def wait_held(self, timeout: float) -> bool:
+        """Wait until a request is held; whether one was within ``timeout``."""
+        return self._held.wait(timeout)
+
+    def release(self) -> None:
+        self._open.set()
+
     # -- forwarding ----------------------------------------------------------------------
 
     def _record(self, method: str, path: str) -> None:
         with self._lock:
             self._seen.append((method, path.split("?", 1)[0]))
+        if not self._open.is_set():
+            self._held.set()
+            self._open.wait(HOLD_TIMEOUT)
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         proxy = self

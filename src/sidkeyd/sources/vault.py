@@ -6,7 +6,9 @@ call ``fetch`` for several environments at once from its thread pool).
 Token lifecycle (hvac renews nothing by itself):
 
 * The first ``fetch`` logs in (or, for ``token``, reads the token and looks it up) and starts a
-  background renewer thread owned by the source; ``close()`` stops it.
+  background renewer thread owned by the source; ``close()`` stops it. A fetch or renewal in
+  progress when ``close()`` is called stops before its next step (``source_closed``), so that
+  shutdown does not wait for all of its calls.
 * The renewer renews the token at two thirds of its TTL. When a renewal is refused, or when the
   granted TTL comes back shorter than the TTL obtained at login (the max TTL is capping it), it
   logs in again. A failed renewal or login (Vault down, sealed) is retried with exponential
@@ -200,7 +202,9 @@ class VaultSource:
         self._host = urlsplit(config.url).netloc or config.url
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
-        self._closed = False
+        # Set by close() before it waits for the lock: a fetch or renewal holding the lock
+        # stops at its next step instead of making every remaining call first.
+        self._closing = threading.Event()
         self._lease: _Lease | None = None
         self._token: _Secret | None = None
         self._role_id: _Secret | None = None
@@ -216,8 +220,7 @@ class VaultSource:
 
     def fetch(self, environment: EnvironmentConfig, held_version: str | None) -> FetchResult:
         with self._lock:
-            if self._closed:
-                raise TransientSourceError(f"source {self.name!r} is closed", code="closed")
+            self._refuse_if_closing()
             self._ensure_token()
             try:
                 return self._read(environment, held_version)
@@ -226,12 +229,13 @@ class VaultSource:
                     raise  # a policy denial: logging in again would not help
             # 403 and the token itself is refused: revoked, expired or replaced. Log in again
             # and read once more.
+            self._refuse_if_closing()
             self._authenticate("permission_denied")
             return self._read(environment, held_version)
 
     def close(self) -> None:
+        self._closing.set()
         with self._lock:
-            self._closed = True
             self._wake.notify_all()
             renewer, self._renewer = self._renewer, None
         if renewer is not None and renewer is not threading.current_thread():
@@ -240,6 +244,10 @@ class VaultSource:
             self._client.adapter.close()
             self._client.token = ""
             self._token = self._secret_id = self._role_id = None
+
+    def _refuse_if_closing(self) -> None:
+        if self._closing.is_set():
+            raise TransientSourceError(f"source {self.name!r} is closed", code="source_closed")
 
     # -- reading -------------------------------------------------------------------------
 
@@ -468,7 +476,7 @@ class VaultSource:
     # -- renewal -------------------------------------------------------------------------
 
     def _start_renewer(self) -> None:
-        if self._renewer is None and not self._closed:
+        if self._renewer is None and not self._closing.is_set():
             self._renewer = threading.Thread(
                 target=self._renew_loop, name=f"sidkeyd-vault-renew-{self.name}", daemon=True
             )
@@ -476,7 +484,7 @@ class VaultSource:
 
     def _renew_loop(self) -> None:
         with self._lock:
-            while not self._closed:
+            while not self._closing.is_set():
                 delay = self._renewal_delay(time.monotonic())
                 if delay is None or delay > 0:
                     self._wake.wait(delay)  # woken early by a new lease or close()
