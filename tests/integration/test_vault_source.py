@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -822,6 +825,27 @@ def test_certificate_for_another_name_is_refused_without_tls_server_name(
         source.close()
 
     assert "tls_error" == caught.value.code
+
+
+def test_client_certificate_is_not_taken_from_the_environment(tmp_path: Path) -> None:
+    """VAULT_CLIENT_CERT and VAULT_CLIENT_KEY are ignored: no client_cert configured, none sent."""
+    cert = write(tmp_path, "client.pem", "not used")
+    program = (
+        "from sidkeyd.config import VaultAuthConfig, VaultSourceConfig\n"
+        "from sidkeyd.sources.vault import VaultSource\n"
+        "config = VaultSourceConfig(\n"
+        "    name='vault', url='https://127.0.0.1:1', auth=VaultAuthConfig(method='token')\n"
+        ")\n"
+        "print(repr(VaultSource(config)._client.adapter._kwargs['cert']))\n"
+    )
+    # hvac reads the variables when it is imported: hence a process of its own.
+    env = {**os.environ, "VAULT_CLIENT_CERT": str(cert), "VAULT_CLIENT_KEY": str(cert)}
+
+    ran = subprocess.run(
+        [sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=WAIT
+    )
+
+    assert ("None", "") == (ran.stdout.strip(), ran.stderr)
 
 
 # -- JWT -------------------------------------------------------------------------------

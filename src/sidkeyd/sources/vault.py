@@ -48,6 +48,7 @@ from typing import Any, Final, TypeVar, cast
 from urllib.parse import urlsplit
 
 import hvac
+import hvac.adapters
 import hvac.exceptions as hvac_errors
 import requests
 import requests.adapters
@@ -190,6 +191,17 @@ class _ServerNameAdapter(requests.adapters.HTTPAdapter):
         pool_kwargs["server_hostname"] = self._server_name
         pool_kwargs["assert_hostname"] = self._server_name
         super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+
+
+class _Adapter(hvac.adapters.JSONAdapter):
+    """hvac's adapter with exactly the configured client certificate, or none.
+
+    ``hvac.Client`` replaces ``cert=None`` by ``VAULT_CLIENT_CERT`` and ``VAULT_CLIENT_KEY``
+    (read from the environment when hvac is imported); this adapter ignores what it passes.
+    """
+
+    def __init__(self, *, configured_cert: tuple[str, str] | None, **kwargs: Any) -> None:
+        super().__init__(**{**kwargs, "cert": configured_cert})
 
 
 class VaultSource:
@@ -605,6 +617,8 @@ class VaultSource:
             timeout=cast("int", config.timeout.total_seconds()),
             namespace=config.namespace,
             session=session,
+            adapter=_Adapter,
+            configured_cert=cert,
         )
 
 
