@@ -302,6 +302,56 @@ def test_sqs_client_uses_the_queue_region(
         source.close()
 
 
+@pytest.mark.parametrize(
+    ("queue_url", "endpoint"),
+    [
+        (
+            "https://sqs.eu-central-1.amazonaws.com/123456789012/keys",
+            "https://sqs.eu-central-1.amazonaws.com",
+        ),
+        (
+            "https://sqs.cn-north-1.amazonaws.com.cn/123456789012/keys",
+            "https://sqs.cn-north-1.amazonaws.com.cn",
+        ),
+        ("http://127.0.0.1:5000/123456789012/keys", "http://127.0.0.1:5000"),
+    ],
+)
+def test_sqs_endpoint_comes_from_the_queue_url_not_endpoint_url(
+    monkeypatch: pytest.MonkeyPatch, queue_url: str, endpoint: str
+) -> None:
+    """endpoint_url is Secrets Manager's (FIPS, VPC): an AWS queue gets botocore's endpoint for
+    its region, any other queue URL its own scheme, host and port."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    config = AwsSourceConfig(
+        name="aws",
+        region="eu-west-1",
+        endpoint_url="https://secretsmanager-fips.{region}.amazonaws.com",
+        notify_queue_url=queue_url,
+    )
+    source = AwsSource(config)
+    try:
+        assert endpoint == source.sqs_client().meta.endpoint_url
+    finally:
+        source.close()
+
+
+def test_queue_is_polled_where_it_is_whatever_endpoint_url_says(
+    moto_endpoint: MotoEndpoint, queue: str
+) -> None:
+    """With endpoint_url elsewhere (nothing listening there), the queue on moto is still read."""
+    aws = AwsSource(source_config(closed_port_url(), queue), notify_wait_s=1)
+    changes: list[str] = []
+    send(moto_endpoint, queue, change_event(NAME))
+    try:
+        with capture_logs() as logs:
+            aws.watch(changes.append)
+            logged_sync(logs, "aws.notify_deleted")
+    finally:
+        aws.close()
+    assert [NAME] == changes
+
+
 # -- a change event forces a check -------------------------------------------------------------
 
 
@@ -475,9 +525,10 @@ def test_missing_queue_is_logged_and_the_schedule_still_rotates(
     assert "QueueDoesNotExist" in failed["reason"] or "NonExistentQueue" in failed["reason"]
 
 
-def test_unreachable_queue_is_retried_with_backoff(queue: str) -> None:
+def test_unreachable_queue_is_retried_with_backoff(moto_endpoint: MotoEndpoint) -> None:
     """Nothing listening: each failure is logged with a retry delay and polling goes on."""
-    aws = AwsSource(source_config(closed_port_url(), queue), notify_wait_s=1)
+    queue = f"{closed_port_url()}/{ACCOUNT}/sidkeyd-unreachable"
+    aws = AwsSource(source_config(moto_endpoint.url, queue), notify_wait_s=1)
     try:
         with capture_logs() as logs:
             aws.watch(lambda _secret: None)

@@ -26,6 +26,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
 
 import boto3
 import botocore.exceptions as bx
@@ -79,6 +80,7 @@ CHANGE_EVENTS: Final = frozenset(
         "RestoreSecret",
     }
 )
+_AWS_DOMAINS: Final = (".amazonaws.com", ".amazonaws.com.cn")
 _REGION_IN_HOST = re.compile(r"(?:^|[.-])([a-z]{2}(?:-[a-z]+)+-\d+)\.")
 _ARN = re.compile(r"^(arn:[^:]+:secretsmanager:[^:]*:[^:]*):secret:(.+)$")
 _ARN_SUFFIX = re.compile(r"-[A-Za-z0-9]{6}$")
@@ -290,8 +292,10 @@ class AwsSource:
     def sqs_client(self) -> SQSClient:
         """The SQS client for ``notify_queue_url``, built once from the same session.
 
-        Its region is the queue's (read from an AWS queue URL), else the primary region; its
-        endpoint is ``endpoint_url`` when set. Its read timeout covers the long poll.
+        Its region is the queue's (read from an AWS queue URL), else the primary region. Its
+        endpoint is never ``endpoint_url`` (Secrets Manager's): botocore's for that region when
+        the queue is on an AWS host, else the queue URL's own ``scheme://host:port`` (moto,
+        LocalStack). Its read timeout covers the long poll.
         """
         with self._lock:
             if self._sqs is None:
@@ -300,7 +304,7 @@ class AwsSource:
                 self._sqs = self._usable_session().client(
                     "sqs",
                     region_name=region,
-                    endpoint_url=self.endpoint_url(region),
+                    endpoint_url=_sqs_endpoint(config.notify_queue_url),
                     config=self._botocore_config.merge(
                         BotocoreConfig(
                             read_timeout=config.read_timeout.total_seconds() + self._notify_wait_s
@@ -661,6 +665,16 @@ def _queue_region(queue_url: str | None) -> str | None:
     host = queue_url.split("://", 1)[-1].split("/", 1)[0]
     found = _REGION_IN_HOST.search(host)
     return found.group(1) if found else None
+
+
+def _sqs_endpoint(queue_url: str | None) -> str | None:
+    """The SQS endpoint for a queue URL: ``None`` (botocore's) for an AWS host, else its origin."""
+    if queue_url is None:
+        return None
+    parts = urlsplit(queue_url)
+    if not parts.scheme or not parts.hostname or parts.hostname.lower().endswith(_AWS_DOMAINS):
+        return None
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _as_source_error(exc: Exception, region: str) -> SourceError:
