@@ -867,14 +867,8 @@ def signed_jwt(key: Any, claims: dict[str, Any]) -> str:
     return f"{header}.{body}.{b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
 
 
-def test_jwt_login_reads_the_secret(
-    openbao: OpenBao,
-    kv2: Secret,
-    make_source: Callable[..., VaultSource],
-    tmp_path: Path,
-    logs: LogCapture,
-) -> None:
-    """auth method jwt logs in at its mount with jwt_file and role."""
+def jwt_role(openbao: OpenBao, policy: str) -> tuple[str, Any]:
+    """A jwt auth mount trusting a new key, with role sidkeyd: (mount, private key)."""
     pytest.importorskip("cryptography")
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -892,14 +886,32 @@ def test_jwt_login_reads_the_secret(
         user_claim="sub",
         bound_audiences=["sidkeyd"],
         allowed_redirect_uris=[],
-        token_policies=[kv2.policy],
+        token_policies=[policy],
         path=mount,
     )
+    return mount, key
+
+
+def host_jwt(key: Any) -> str:
     now = int(time.time())
-    token = signed_jwt(key, {"sub": "host-1", "aud": "sidkeyd", "iat": now, "exp": now + 600})
+    return signed_jwt(key, {"sub": "host-1", "aud": "sidkeyd", "iat": now, "exp": now + 600})
+
+
+def test_jwt_login_reads_the_secret(
+    openbao: OpenBao,
+    kv2: Secret,
+    make_source: Callable[..., VaultSource],
+    tmp_path: Path,
+    logs: LogCapture,
+) -> None:
+    """auth method jwt logs in at its mount with jwt_file and role."""
+    mount, key = jwt_role(openbao, kv2.policy)
     source = make_source(
         VaultAuthConfig(
-            method="jwt", mount=mount, role="sidkeyd", jwt_file=write(tmp_path, "jwt", token)
+            method="jwt",
+            mount=mount,
+            role="sidkeyd",
+            jwt_file=write(tmp_path, "jwt", host_jwt(key)),
         )
     )
 
@@ -907,3 +919,24 @@ def test_jwt_login_reads_the_secret(
 
     assert "key-one" == value.api_key.reveal()
     assert "jwt" == logs.wait_for("vault.authenticated")["auth_method"]
+
+
+def test_refused_jwt_login_is_permanent_not_access_lost(
+    openbao: OpenBao, kv2: Secret, make_source: Callable[..., VaultSource], tmp_path: Path
+) -> None:
+    """A jwt login refused (here: signed by a key Vault does not trust) is auth_failed, but
+    permanent, not lost access: jwt also refuses when Vault cannot fetch the IdP's keys."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    mount, _key = jwt_role(openbao, kv2.policy)
+    untrusted = host_jwt(ec.generate_private_key(ec.SECP256R1()))
+    source = make_source(
+        VaultAuthConfig(
+            method="jwt", mount=mount, role="sidkeyd", jwt_file=write(tmp_path, "jwt", untrusted)
+        )
+    )
+
+    with pytest.raises(PermanentSourceError) as caught:
+        source.fetch(environment(kv2), None)
+
+    assert (PermanentSourceError, "auth_failed") == (type(caught.value), caught.value.code)

@@ -86,21 +86,34 @@ def test_library_exceptions_translate_by_meaning(
     assert (expected_type, expected_code) == (type(error), error.code)
 
 
+@pytest.mark.parametrize("method", ["approle", "token"])
 @pytest.mark.parametrize("status", [400, 401, 403, 404])
-def test_refused_login_is_auth_failed(status: int) -> None:
-    """During a login, a refusal means this host's credentials are no good: auth_failed."""
+def test_refused_login_is_auth_failed(status: int, method: str) -> None:
+    """During an approle login or token lookup, a refusal means this host is cut off."""
     exc = hvac.exceptions.VaultError.from_status(status, "invalid role or secret ID")
 
-    error = translate(exc, "approle login", login=True)
+    error = translate(exc, f"{method} login", login=method)
 
     assert (AccessLostError, "auth_failed") == (type(error), error.code)
+
+
+@pytest.mark.parametrize("method", ["kubernetes", "jwt"])
+@pytest.mark.parametrize("status", [400, 401, 403, 404])
+def test_refused_kubernetes_or_jwt_login_is_permanent(status: int, method: str) -> None:
+    """These methods also refuse when Vault cannot check the JWT (K8s API down, IdP keys
+    unreachable): auth_failed, permanent but not lost access."""
+    exc = hvac.exceptions.VaultError.from_status(status, "permission denied")
+
+    error = translate(exc, f"{method} login", login=method)
+
+    assert (PermanentSourceError, "auth_failed") == (type(error), error.code)
 
 
 def test_sealed_during_login_stays_transient() -> None:
     """A sealed Vault during a login is still a transient outage, not lost access."""
     exc = hvac.exceptions.VaultDown("Vault is sealed")
 
-    error = translate(exc, "approle login", login=True)
+    error = translate(exc, "approle login", login="approle")
 
     assert (TransientSourceError, "vault_unavailable") == (type(error), error.code)
 
@@ -122,7 +135,7 @@ def test_message_never_repeats_a_held_credential() -> None:
     secret_id = "6d4b1f0c-aaaa-bbbb-cccc-000000000000"
     exc = hvac.exceptions.InvalidRequest(errors=[f"invalid secret id {secret_id}"])
 
-    error = translate(exc, "approle login", login=True, secrets=(secret_id,))
+    error = translate(exc, "approle login", login="approle", secrets=(secret_id,))
 
     assert secret_id not in str(error)
     assert "[REDACTED]" in error.reason

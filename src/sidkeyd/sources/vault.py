@@ -103,23 +103,32 @@ ERROR_MAP: Final[Mapping[type[Exception], tuple[type[SourceError], str]]] = {
     requests.exceptions.RequestException: (TransientSourceError, "request_failed"),
 }
 
-# During a login, a refusal means our credentials are no good: this host is cut off.
+# During a login, a refusal means our credentials are no good: this host is cut off...
 _LOGIN_REFUSALS: Final = (
     hvac_errors.InvalidRequest,
     hvac_errors.Unauthorized,
     hvac_errors.Forbidden,
     hvac_errors.InvalidPath,
 )
+# ...with the methods Vault checks by itself. The kubernetes method answers 403 when its
+# TokenReview call fails (the Kubernetes API down), and jwt may answer 400 when the IdP's keys
+# cannot be fetched: for those a refusal is a permanent error, not lost access.
+REFUSAL_MEANS_ACCESS_LOST: Final = frozenset({"approle", "token"})
 TRANSLATED: Final = (hvac_errors.VaultError, requests.exceptions.RequestException)
 
 
 def translate(
-    exc: Exception, doing: str, *, login: bool = False, secrets: tuple[str, ...] = ()
+    exc: Exception, doing: str, *, login: str | None = None, secrets: tuple[str, ...] = ()
 ) -> SourceError:
-    """The ``SourceError`` for a library exception raised while ``doing`` something."""
+    """The ``SourceError`` for a library exception raised while ``doing`` something.
+
+    ``login`` is the auth method when ``doing`` is a login (or the token lookup standing in for
+    one).
+    """
     error_type: type[SourceError]
-    if login and isinstance(exc, _LOGIN_REFUSALS):
-        error_type, code = AccessLostError, "auth_failed"
+    if login is not None and isinstance(exc, _LOGIN_REFUSALS):
+        lost = login in REFUSAL_MEANS_ACCESS_LOST
+        error_type, code = (AccessLostError if lost else PermanentSourceError), "auth_failed"
     else:
         error_type, code = next(
             (ERROR_MAP[cls] for cls in type(exc).__mro__ if cls in ERROR_MAP),
@@ -587,7 +596,8 @@ class VaultSource:
         try:
             yield
         except TRANSLATED as exc:
-            raise translate(exc, doing, login=login, secrets=self._secrets() + extra) from exc
+            method = self._auth.method if login else None
+            raise translate(exc, doing, login=method, secrets=self._secrets() + extra) from exc
 
     def _secrets(self) -> tuple[str, ...]:
         held = (self._token, self._role_id, self._secret_id)
