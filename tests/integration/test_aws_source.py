@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import socketserver
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from datetime import timedelta
 from types import MappingProxyType
 from typing import Any
@@ -31,6 +35,7 @@ PRIMARY = "us-east-1"
 REPLICA = "eu-west-1"
 KEY_ONE = "aws-it-key-one-3b9f-not-real"
 KEY_TWO = "aws-it-key-two-8c1e-not-real"
+WAIT_S = 15.0  # upper bound on a wait; never a sleep
 
 
 def source_config(endpoint_url: str | None, **overrides: Any) -> AwsSourceConfig:
@@ -266,6 +271,48 @@ def test_unreachable_endpoint_is_transient() -> None:
     assert ("endpoint_unreachable", True) == (
         caught.value.code,
         caught.value.reason.startswith(f"{PRIMARY}: "),
+    )
+
+
+@contextmanager
+def tls_hangup_url() -> Iterator[str]:
+    """An https URL whose server reads the TLS ClientHello and hangs up: a handshake cut short."""
+
+    class HangUp(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            self.request.settimeout(WAIT_S)
+            self.request.recv(4096)
+            self.request.shutdown(socket.SHUT_WR)  # EOF, then wait for the client to go
+            with suppress(OSError):
+                self.request.recv(4096)
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), HangUp)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="tls-hangup", daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(WAIT_S)
+
+
+def test_tls_handshake_cut_short_is_transient_and_falls_back(moto_endpoint: MotoEndpoint) -> None:
+    """A TLS handshake ended by the server is transient (not tls_error): fallbacks are tried.
+
+    (``moto_endpoint`` for its fake credentials only.)
+    """
+    with tls_hangup_url() as url:
+        aws = AwsSource(source_config(url, fallback_regions=[REPLICA]))
+        try:
+            with pytest.raises(TransientSourceError) as caught:
+                aws.fetch(env_config("smileid/sandbox"), None)
+        finally:
+            aws.close()
+    assert ("tls_connection_error", True) == (
+        caught.value.code,
+        f"fallback {REPLICA}: " in caught.value.reason,
     )
 
 

@@ -6,11 +6,14 @@ import asyncio
 import base64
 import json
 import os
+import socket
+import socketserver
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -798,6 +801,49 @@ def tls_source(tls: TlsServer, folder: Path, **overrides: Any) -> tuple[VaultSou
         **overrides,
     )
     return VaultSource(config), secret
+
+
+@contextmanager
+def tls_hangup_url() -> Iterator[str]:
+    """An https URL whose server reads the TLS ClientHello and hangs up: a handshake cut short."""
+
+    class HangUp(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            self.request.settimeout(WAIT)
+            self.request.recv(4096)
+            self.request.shutdown(socket.SHUT_WR)  # EOF, then wait for the client to go
+            with suppress(OSError):
+                self.request.recv(4096)
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), HangUp)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="tls-hangup", daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(WAIT)
+
+
+def test_tls_handshake_cut_short_is_transient(tmp_path: Path) -> None:
+    """A TLS handshake ended by the server (EOF) is TransientSourceError, not tls_error."""
+    with tls_hangup_url() as url:
+        source = VaultSource(
+            VaultSourceConfig(
+                name="vault",
+                url=url,
+                auth=VaultAuthConfig(method="token", token_file=write(tmp_path, "token", "t")),
+            )
+        )
+        try:
+            with pytest.raises(TransientSourceError) as caught:
+                source.fetch(EnvironmentConfig(name="s", source="vault", secret="x"), None)
+        finally:
+            source.close()
+
+    assert "tls_connection_error" == caught.value.code
 
 
 def test_tls_server_name_verifies_a_certificate_for_another_name(

@@ -126,7 +126,7 @@ def test_botocore_transient_exceptions_are_transient() -> None:
     """Exceptions botocore retries as transient (connection, HTTP client) are transient here."""
     transient = TransientRetryableChecker._TRANSIENT_EXCEPTION_CLS
     entries = [entry for entry in BOTOCORE_ERRORS if issubclass(entry[0], transient)]
-    assert [] == [e for e in entries if e[2] != "tls_error" and e[1] is not TransientSourceError]
+    assert [] == [e for e in entries if e[1] is not TransientSourceError]
 
 
 @pytest.mark.parametrize(
@@ -254,3 +254,28 @@ def test_long_aws_messages_are_truncated() -> None:
     """An AWS message is cut to a bounded length in the reason."""
     error = translate_error(client_error("AccessDeniedException", "x" * 5000), "us-east-1")
     assert True is (len(error.reason) < 500)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: unable to get local issuer "
+        "certificate (_ssl.c:1006)",
+        "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: Hostname mismatch, "
+        "certificate is not valid for 'secretsmanager.eu-west-1.amazonaws.com'. (_ssl.c:1006)",
+    ],
+)
+def test_refused_certificate_is_permanent(error: str) -> None:
+    """An untrusted certificate or one for another name will not fix itself: tls_error."""
+    exc = bx.SSLError(endpoint_url="https://x", error=error)
+    assert (PermanentSourceError, "tls_error") == translated(exc)
+
+
+def test_other_tls_failure_is_transient() -> None:
+    """A handshake cut short usually goes away (botocore still words it "SSL validation
+    failed"): transient, so that fallback regions are tried."""
+    exc = bx.SSLError(
+        endpoint_url="https://x",
+        error="[SSL: UNEXPECTED_EOF_WHILE_READING] EOF occurred in violation of protocol",
+    )
+    assert (TransientSourceError, "tls_connection_error") == translated(exc)

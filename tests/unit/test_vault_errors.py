@@ -70,7 +70,6 @@ def test_status_codes_translate_by_meaning(
         (requests.exceptions.ConnectionError("refused"), TransientSourceError, "unreachable"),
         (requests.exceptions.ConnectTimeout("slow"), TransientSourceError, "timeout"),
         (requests.exceptions.ReadTimeout("slow"), TransientSourceError, "timeout"),
-        (requests.exceptions.SSLError("bad certificate"), PermanentSourceError, "tls_error"),
         (requests.exceptions.InvalidJSONError("html"), TransientSourceError, "request_failed"),
         (hvac.exceptions.ParamValidationError("x"), PermanentSourceError, "invalid_parameters"),
         (hvac.exceptions.PreconditionFailed("x"), TransientSourceError, "not_replicated_yet"),
@@ -166,3 +165,33 @@ def test_retry_while_valid_is_never_later_than_halfway_to_expiry() -> None:
 def test_retry_while_valid_is_never_sooner_than_a_second() -> None:
     """A token about to expire does not make the renewer retry in a busy loop."""
     assert 1.0 == retry_delay(10, remaining=0.5)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Caused by SSLError(SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED] "
+        "certificate verify failed: unable to get local issuer certificate (_ssl.c:1006)'))",
+        "Caused by SSLError(SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED] "
+        "certificate verify failed: IP address mismatch, certificate is not valid for "
+        "'127.0.0.1'. (_ssl.c:1006)'))",
+        "Caused by SSLError(CertificateError(\"hostname 'vault.a' doesn't match 'vault.b'\"))",
+    ],
+)
+def test_refused_certificate_is_permanent(message: str) -> None:
+    """An untrusted certificate or one for another name will not fix itself: tls_error."""
+    error = translate(requests.exceptions.SSLError(message), "reading secret/data/x")
+
+    assert (PermanentSourceError, "tls_error") == (type(error), error.code)
+
+
+def test_other_tls_failure_is_transient() -> None:
+    """A handshake cut short (EOF, reset) usually goes away: transient."""
+    exc = requests.exceptions.SSLError(
+        "Caused by SSLError(SSLEOFError(8, '[SSL: UNEXPECTED_EOF_WHILE_READING] EOF occurred "
+        "in violation of protocol (_ssl.c:1006)'))"
+    )
+
+    error = translate(exc, "reading secret/data/x")
+
+    assert (TransientSourceError, "tls_connection_error") == (type(error), error.code)

@@ -157,7 +157,8 @@ DELIBERATELY_UNMAPPED: Final[Mapping[str, str]] = MappingProxyType(
 BOTOCORE_ERRORS: Final[tuple[tuple[type[Exception], type[SourceError], str], ...]] = (
     (bx.ConnectTimeoutError, _T, "connect_timeout"),
     (bx.ReadTimeoutError, _T, "read_timeout"),
-    (bx.SSLError, _P, "tls_error"),
+    # Refined to (PermanentSourceError, "tls_error") when the certificate was refused.
+    (bx.SSLError, _T, "tls_connection_error"),
     (bx.ProxyConnectionError, _T, "proxy_unreachable"),
     (bx.EndpointConnectionError, _T, "endpoint_unreachable"),
     (bx.ConnectionClosedError, _T, "connection_closed"),
@@ -177,10 +178,21 @@ BOTOCORE_ERRORS: Final[tuple[tuple[type[Exception], type[SourceError], str], ...
 )
 
 
+# A TLS failure about the certificate (untrusted, expired, another name) stays until someone
+# fixes it; any other (a reset or EOF during the handshake) usually goes away on its own.
+# botocore words every SSLError "SSL validation failed", hence the OpenSSL and Python texts.
+_CERTIFICATE_REFUSED = re.compile(
+    r"certificate[ _]verify[ _]failed|hostname mismatch|ip address mismatch|doesn't match",
+    re.IGNORECASE,
+)
+
+
 def translate_error(exc: Exception, region: str) -> SourceError:
     """The ``SourceError`` for a botocore exception raised while calling ``region``."""
     if isinstance(exc, bx.ClientError):
         return _translate_client_error(exc, region)
+    if isinstance(exc, bx.SSLError) and _CERTIFICATE_REFUSED.search(str(exc)):
+        return PermanentSourceError(f"{region}: {_truncate(str(exc))}", code="tls_error")
     for exc_type, error_type, code in BOTOCORE_ERRORS:
         if isinstance(exc, exc_type):
             return error_type(f"{region}: {_truncate(str(exc))}", code=code)

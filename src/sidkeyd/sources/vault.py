@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -96,7 +97,8 @@ ERROR_MAP: Final[Mapping[type[Exception], tuple[type[SourceError], str]]] = {
     hvac_errors.ParamValidationError: (PermanentSourceError, "invalid_parameters"),
     hvac_errors.VaultError: (TransientSourceError, "vault_error"),
     # requests: SSLError is a ConnectionError, so it must be listed (it is more specific).
-    requests.exceptions.SSLError: (PermanentSourceError, "tls_error"),
+    # Refined to (PermanentSourceError, "tls_error") when the certificate was refused.
+    requests.exceptions.SSLError: (TransientSourceError, "tls_connection_error"),
     requests.exceptions.ConnectTimeout: (TransientSourceError, "timeout"),
     requests.exceptions.Timeout: (TransientSourceError, "timeout"),
     requests.exceptions.ConnectionError: (TransientSourceError, "unreachable"),
@@ -115,6 +117,12 @@ _LOGIN_REFUSALS: Final = (
 # cannot be fetched: for those a refusal is a permanent error, not lost access.
 REFUSAL_MEANS_ACCESS_LOST: Final = frozenset({"approle", "token"})
 TRANSLATED: Final = (hvac_errors.VaultError, requests.exceptions.RequestException)
+# A TLS failure about the certificate (untrusted, expired, another name) stays until someone
+# fixes it; any other (a reset or EOF during the handshake) usually goes away on its own.
+_CERTIFICATE_REFUSED: Final = re.compile(
+    r"certificate[ _]verify[ _]failed|hostname mismatch|ip address mismatch|doesn't match",
+    re.IGNORECASE,
+)
 
 
 def translate(
@@ -129,6 +137,8 @@ def translate(
     if login is not None and isinstance(exc, _LOGIN_REFUSALS):
         lost = login in REFUSAL_MEANS_ACCESS_LOST
         error_type, code = (AccessLostError if lost else PermanentSourceError), "auth_failed"
+    elif isinstance(exc, requests.exceptions.SSLError) and _CERTIFICATE_REFUSED.search(str(exc)):
+        error_type, code = PermanentSourceError, "tls_error"
     else:
         error_type, code = next(
             (ERROR_MAP[cls] for cls in type(exc).__mro__ if cls in ERROR_MAP),
