@@ -498,6 +498,32 @@ def test_token_near_max_ttl_is_replaced_by_a_new_login(
     assert Unchanged("1") == result
 
 
+@pytest.mark.skipif(not hasattr(time, "CLOCK_BOOTTIME"), reason="needs CLOCK_BOOTTIME (Linux)")
+def test_token_that_expired_while_suspended_is_replaced_before_the_read(
+    openbao: OpenBao,
+    kv2: Secret,
+    make_source: Callable[..., VaultSource],
+    tmp_path: Path,
+    logs: LogCapture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a suspend longer than the token's TTL (CLOCK_BOOTTIME moved on, the monotonic
+    clock did not), the next check logs in again before reading."""
+    source = make_source(approle_auth(openbao, tmp_path, kv2.policy, token_ttl="1h"))
+    env = environment(kv2)
+    source.fetch(env, None)
+    clock_gettime = time.clock_gettime
+
+    def two_hours_later(clock: int) -> float:
+        return clock_gettime(clock) + (7200.0 if clock == time.CLOCK_BOOTTIME else 0.0)
+
+    monkeypatch.setattr(time, "clock_gettime", two_hours_later)
+    result = source.fetch(env, "1")
+
+    assert Unchanged("1") == result
+    assert ["token_expired"] == [e["reason"] for e in logs.matching("vault.reauthenticated")]
+
+
 def test_capped_renewal_without_token_file_is_not_a_failure(
     openbao: OpenBao,
     kv2: Secret,

@@ -17,6 +17,8 @@ Token lifecycle (hvac renews nothing by itself):
 * Each ``fetch`` also checks the token first: an expired token (say the renewer could not reach
   Vault for a while, or the host was suspended) is replaced inline before the read. The timer
   keeps the token alive between checks; the check covers whatever the timer could not do.
+  Token lifetimes are measured on ``CLOCK_BOOTTIME`` where there is one (Linux), which keeps
+  counting while the host is suspended; elsewhere on ``time.monotonic()``.
 * A read answered 403 is followed by a token lookup: if the token itself is refused (revoked),
   the source logs in again and retries the read once; if it is valid, the 403 is a policy
   denial and is reported as such. For ``token`` the re-authentication re-reads ``token_file``
@@ -76,6 +78,19 @@ MAX_MESSAGE_CHARS: Final = 200
 REDACTED: Final = "[REDACTED]"
 
 T = TypeVar("T")
+
+# Token lifetimes run on a clock that keeps counting while the host is suspended: Linux's
+# CLOCK_BOOTTIME. time.monotonic() stops during a suspend there, so a token that expired while
+# the host slept would look valid after the resume. Elsewhere, monotonic.
+_BOOTTIME: Final = getattr(time, "CLOCK_BOOTTIME", None)
+
+
+def _clock() -> float:
+    """Seconds on the token-lifetime clock (CLOCK_BOOTTIME where available)."""
+    if _BOOTTIME is not None:
+        return time.clock_gettime(_BOOTTIME)
+    return time.monotonic()
+
 
 # Every exception hvac or requests raises at us, mapped to what it means for a key check.
 # Looked up along the exception's MRO, so the most specific entry wins; tests/unit checks
@@ -183,7 +198,7 @@ class _Lease:
 
     ttl: float  # seconds granted at the last login or renewal; 0 means it never expires
     renewable: bool
-    obtained_at: float  # time.monotonic() when granted
+    obtained_at: float  # _clock() when granted
     login_ttl: float  # TTL granted at login: a renewal granting less means max TTL is near
 
     @property
@@ -361,7 +376,7 @@ class VaultSource:
         lease = self._lease
         if lease is None:
             self._authenticate("initial")
-        elif lease.expires and lease.remaining(time.monotonic()) < EXPIRY_MARGIN_S:
+        elif lease.expires and lease.remaining(_clock()) < EXPIRY_MARGIN_S:
             self._authenticate("token_expired")
         self._start_renewer()
 
@@ -433,7 +448,7 @@ class VaultSource:
             response = self._client.auth.token.lookup_self()
         data = _mapping(_mapping(response, "response").get("data"), "token data")
         ttl = float(data.get("ttl") or 0)
-        return _Lease(ttl, bool(data.get("renewable")), time.monotonic(), ttl)
+        return _Lease(ttl, bool(data.get("renewable")), _clock(), ttl)
 
     def _approle_login(self) -> _Lease:
         role_id_file = self._required(self._auth.role_id_file, "role_id_file")
@@ -477,7 +492,7 @@ class VaultSource:
             )
         self._token = _Secret(token)
         ttl = float(auth.get("lease_duration") or 0)
-        return _Lease(ttl, bool(auth.get("renewable")), time.monotonic(), ttl)
+        return _Lease(ttl, bool(auth.get("renewable")), _clock(), ttl)
 
     def _read_credential(self, path: Path, what: str) -> str:
         try:
@@ -516,7 +531,7 @@ class VaultSource:
     def _renew_loop(self) -> None:
         with self._lock:
             while not self._closing.is_set():
-                delay = self._renewal_delay(time.monotonic())
+                delay = self._renewal_delay(_clock())
                 if delay is None or delay > 0:
                     self._wake.wait(delay)  # woken early by a new lease or close()
                     continue
@@ -558,7 +573,7 @@ class VaultSource:
         lease = self._lease
         assert lease is not None
         can_login = self._auth.method != "token"
-        if lease.remaining(time.monotonic()) <= 0:
+        if lease.remaining(_clock()) <= 0:
             self._authenticate("token_expired")
             return
         if not lease.renewable:
@@ -575,9 +590,7 @@ class VaultSource:
             return
         auth = _mapping(_mapping(response, "response").get("auth"), "renewal response")
         granted = float(auth.get("lease_duration") or 0)
-        self._lease = _Lease(
-            granted, bool(auth.get("renewable")), time.monotonic(), lease.login_ttl
-        )
+        self._lease = _Lease(granted, bool(auth.get("renewable")), _clock(), lease.login_ttl)
         self._renew_failures = 0
         get_logger().info(
             "vault.token_renewed", source=self.name, auth_method=self._auth.method, ttl_s=granted
