@@ -251,6 +251,35 @@ def test_new_kv2_version_rotates_the_key_on_next_check(
     assert "key-two" == snapshot.api_key.reveal()
 
 
+def test_kv2_check_with_delete_version_after_reads_only_the_metadata(
+    openbao: OpenBao, tmp_path: Path
+) -> None:
+    """delete_version_after gives every version a future deletion_time: not deleted yet, so a
+    check at the current version reads the metadata and not the data."""
+    mount = openbao.unique("kv2")
+    openbao.admin.sys.enable_secrets_engine("kv", path=mount, options={"version": "2"})
+    openbao.admin.secrets.kv.v2.configure(delete_version_after="1h", mount_point=mount)
+    path = "smileid/sandbox"
+    openbao.kv2_put(path, {"api_key": "key-one", "partner_id": "085"}, mount=mount)
+    secret = Secret(path, read_only_policy(openbao, mount, path, 2), mount)
+    with CountingProxy(openbao.url) as proxy:
+        config = VaultSourceConfig(
+            name="vault",
+            url=proxy.url,
+            mount=mount,
+            auth=token_auth(openbao, tmp_path, secret.policy),
+        )
+        source = VaultSource(config)
+        try:
+            result = source.fetch(environment(secret), "1")
+        finally:
+            source.close()
+        reads = proxy.kv2_reads(path, mount=mount)
+
+    assert Unchanged("1") == result
+    assert [("GET", f"/v1/{mount}/metadata/{path}")] == reads
+
+
 @pytest.mark.parametrize("removal", ["delete", "destroy"])
 def test_deleted_latest_version_is_secret_deleted(
     openbao: OpenBao,

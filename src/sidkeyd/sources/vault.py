@@ -46,6 +46,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar, cast
 from urllib.parse import urlsplit
@@ -331,12 +332,12 @@ class VaultSource:
             if (
                 current == held_version
                 and isinstance(latest, dict)
-                and not latest.get("deletion_time")
+                and not _deleted_by(latest, datetime.now(UTC))
                 and not latest.get("destroyed")
             ):
                 return Unchanged(current)
-            # Moved, or possibly deleted (a scheduled deletion_time may lie in the future):
-            # the data read below is authoritative.
+            # Moved, or deleted (or a deletion_time we cannot read): the data read below is
+            # authoritative.
         where = f"{mount}/data/{path}" + (
             f" version {environment.version}" if environment.version is not None else ""
         )
@@ -671,6 +672,24 @@ def _mapping(value: object, what: str) -> Mapping[str, Any]:
     if not isinstance(value, dict):
         raise InvalidSecretError(f"{what} is not a JSON object", code="malformed_payload")
     return cast("Mapping[str, Any]", value)
+
+
+def _deleted_by(version: Mapping[str, Any], now: datetime) -> bool:
+    """Whether a KV v2 version's ``deletion_time`` has come by ``now``.
+
+    With ``delete_version_after`` on the mount or secret, every version carries a deletion time
+    in the future: not deleted yet. One that cannot be read counts as passed.
+    """
+    stamp = version.get("deletion_time")
+    if not stamp:
+        return False
+    try:
+        when = datetime.fromisoformat(str(stamp))
+    except ValueError:
+        return True
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when <= now
 
 
 def _metadata_of_missing_version(exc: BaseException | None) -> Mapping[str, Any] | None:
