@@ -28,9 +28,8 @@ ROTATED_KEY = "e2e-vault-rotation-key-two-a7c4-not-real"
 PARTNER_ID = "085"
 
 # No scheduled check during a test unless it asks for one (the first run is at a per-host
-# offset within the interval), and no scheduled retry after a failed check: a forced check
-# arriving while a scheduled one is in flight joins it and gets its result, read before the
-# test's change to OpenBao (see the report on the single-flight join).
+# offset within the interval), and no scheduled retry after a failed check: each test's
+# checks are the ones it forces.
 NO_SCHEDULE = """
 interval = "24h"
 backoff_min = "24h"

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import socketserver
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from datetime import timedelta
 from types import MappingProxyType
 from typing import Any
@@ -28,6 +24,7 @@ from sidkeyd.rotation import KeyManager, Trigger
 from sidkeyd.sources import SecretValue, Unchanged
 from sidkeyd.sources.aws import AwsSource
 from support.moto_server import MotoEndpoint, closed_port_url
+from support.tls import tls_hangup_url
 
 pytestmark = pytest.mark.aws
 
@@ -272,30 +269,6 @@ def test_unreachable_endpoint_is_transient() -> None:
         caught.value.code,
         caught.value.reason.startswith(f"{PRIMARY}: "),
     )
-
-
-@contextmanager
-def tls_hangup_url() -> Iterator[str]:
-    """An https URL whose server reads the TLS ClientHello and hangs up: a handshake cut short."""
-
-    class HangUp(socketserver.BaseRequestHandler):
-        def handle(self) -> None:
-            self.request.settimeout(WAIT_S)
-            self.request.recv(4096)
-            self.request.shutdown(socket.SHUT_WR)  # EOF, then wait for the client to go
-            with suppress(OSError):
-                self.request.recv(4096)
-
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), HangUp)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="tls-hangup", daemon=True)
-    thread.start()
-    try:
-        yield f"https://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(WAIT_S)
 
 
 def test_tls_handshake_cut_short_is_transient_and_falls_back(moto_endpoint: MotoEndpoint) -> None:

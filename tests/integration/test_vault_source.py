@@ -6,14 +6,11 @@ import asyncio
 import base64
 import json
 import os
-import socket
-import socketserver
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,6 +31,7 @@ from sidkeyd.rotation import KeyManager, Trigger
 from sidkeyd.sources import SecretValue, Unchanged
 from sidkeyd.sources.vault import VaultSource
 from support.openbao_server import CountingProxy, OpenBao, free_port
+from support.tls import tls_hangup_url
 
 pytestmark = pytest.mark.vault
 
@@ -856,30 +854,6 @@ def tls_source(tls: TlsServer, folder: Path, **overrides: Any) -> tuple[VaultSou
         **overrides,
     )
     return VaultSource(config), secret
-
-
-@contextmanager
-def tls_hangup_url() -> Iterator[str]:
-    """An https URL whose server reads the TLS ClientHello and hangs up: a handshake cut short."""
-
-    class HangUp(socketserver.BaseRequestHandler):
-        def handle(self) -> None:
-            self.request.settimeout(WAIT)
-            self.request.recv(4096)
-            self.request.shutdown(socket.SHUT_WR)  # EOF, then wait for the client to go
-            with suppress(OSError):
-                self.request.recv(4096)
-
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), HangUp)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="tls-hangup", daemon=True)
-    thread.start()
-    try:
-        yield f"https://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(WAIT)
 
 
 def test_tls_handshake_cut_short_is_transient(tmp_path: Path) -> None:
