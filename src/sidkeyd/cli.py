@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sidkeyd",
         description="Serve Smile ID request signatures over a Unix socket; keys stay in memory.",
-        epilog="Exit codes: 0 ok, 1 negative answer, 2 bad config or usage, 3 daemon unreachable.",
+        epilog="Exit codes: 0 ok, 1 negative answer, 2 bad config or usage, 3 daemon unreachable "
+        "or unable to start.",
     )
     parser.add_argument("--version", action="version", version=f"sidkeyd {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -54,7 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
             help="daemon socket (default: $SIDKEYD_SOCKET, else /run/sidkeyd/sidkeyd.sock)",
         )
 
-    serve = commands.add_parser("serve", help="run the daemon")
+    serve = commands.add_parser(
+        "serve",
+        help="run the daemon",
+        description="Run the daemon. SIGTERM/SIGINT stop it gracefully; SIGHUP checks every "
+        "environment's key now (the config is read only at start).",
+    )
     with_config(serve)
     check = commands.add_parser("check-config", help="validate a config file and exit")
     with_config(check)
