@@ -158,6 +158,31 @@ def approle_auth(openbao: OpenBao, folder: Path, policy: str, **role_args: Any) 
     )
 
 
+def sandbox_secret(server: OpenBao) -> Secret:
+    """KV v2 smileid/sandbox holding key-one on a server of its own, with its read policy."""
+    path = "smileid/sandbox"
+    server.kv2_put(path, {"api_key": "key-one", "partner_id": "085"})
+    return Secret(path, read_only_policy(server, "secret", path, 2))
+
+
+def approle_source(server: OpenBao, folder: Path, policy: str, **role_args: Any) -> VaultSource:
+    """A VaultSource on ``server`` logging in with a new AppRole holding ``policy``."""
+    config = VaultSourceConfig(
+        name="vault", url=server.url, auth=approle_auth(server, folder, policy, **role_args)
+    )
+    return VaultSource(config)
+
+
+def placeholder_token_source(url: str, folder: Path) -> VaultSource:
+    """A VaultSource at ``url`` with a token file holding a placeholder, for failing calls."""
+    config = VaultSourceConfig(
+        name="vault",
+        url=url,
+        auth=VaultAuthConfig(method="token", token_file=write(folder, "token", "t")),
+    )
+    return VaultSource(config)
+
+
 def fetched(result: object) -> SecretValue:
     assert isinstance(result, SecretValue)
     return result
@@ -656,21 +681,8 @@ def test_sealed_vault_is_transient_and_recovers_after_unseal(
 ) -> None:
     """Sealed: TransientSourceError; after unseal the next check succeeds, no restart needed."""
     server = private_openbao
-    path = "smileid/sandbox"
-    server.kv2_put(path, {"api_key": "key-one", "partner_id": "085"})
-    secret = Secret(path, read_only_policy(server, "secret", path, 2))
-    _role, role_id, secret_id = server.approle([secret.policy])
-    source = VaultSource(
-        VaultSourceConfig(
-            name="vault",
-            url=server.url,
-            auth=VaultAuthConfig(
-                method="approle",
-                role_id_file=write(tmp_path, "role-id", role_id),
-                secret_id_file=write(tmp_path, "secret-id", secret_id),
-            ),
-        )
-    )
+    secret = sandbox_secret(server)
+    source = approle_source(server, tmp_path, secret.policy)
     env = environment(secret)
     try:
         source.fetch(env, None)
@@ -693,21 +705,8 @@ def test_renewer_backs_off_while_sealed_and_recovers(
 ) -> None:
     """Renewals failing on a sealed Vault are logged and retried; after unseal reads work again."""
     server = private_openbao
-    path = "smileid/sandbox"
-    server.kv2_put(path, {"api_key": "key-one", "partner_id": "085"})
-    secret = Secret(path, read_only_policy(server, "secret", path, 2))
-    _role, role_id, secret_id = server.approle([secret.policy], token_ttl="3s")
-    source = VaultSource(
-        VaultSourceConfig(
-            name="vault",
-            url=server.url,
-            auth=VaultAuthConfig(
-                method="approle",
-                role_id_file=write(tmp_path, "role-id", role_id),
-                secret_id_file=write(tmp_path, "secret-id", secret_id),
-            ),
-        )
-    )
+    secret = sandbox_secret(server)
+    source = approle_source(server, tmp_path, secret.policy, token_ttl="3s")
     env = environment(secret)
     try:
         source.fetch(env, None)
@@ -726,13 +725,7 @@ def test_renewer_backs_off_while_sealed_and_recovers(
 
 def test_unreachable_vault_is_transient(tmp_path: Path) -> None:
     """Nothing listening: TransientSourceError(unreachable), not a crash."""
-    source = VaultSource(
-        VaultSourceConfig(
-            name="vault",
-            url=f"http://127.0.0.1:{free_port()}",
-            auth=VaultAuthConfig(method="token", token_file=write(tmp_path, "token", "t")),
-        )
-    )
+    source = placeholder_token_source(f"http://127.0.0.1:{free_port()}", tmp_path)
     try:
         with pytest.raises(TransientSourceError) as caught:
             source.fetch(EnvironmentConfig(name="s", source="vault", secret="x"), None)
@@ -843,9 +836,7 @@ def tls_openbao(tmp_path: Path) -> Iterator[TlsServer]:
 
 
 def tls_source(tls: TlsServer, folder: Path, **overrides: Any) -> tuple[VaultSource, Secret]:
-    path = "smileid/sandbox"
-    tls.server.kv2_put(path, {"api_key": "key-one", "partner_id": "085"})
-    secret = Secret(path, read_only_policy(tls.server, "secret", path, 2))
+    secret = sandbox_secret(tls.server)
     config = VaultSourceConfig(
         name="vault",
         url=tls.https_url,
@@ -859,13 +850,7 @@ def tls_source(tls: TlsServer, folder: Path, **overrides: Any) -> tuple[VaultSou
 def test_tls_handshake_cut_short_is_transient(tmp_path: Path) -> None:
     """A TLS handshake ended by the server (EOF) is TransientSourceError, not tls_error."""
     with tls_hangup_url() as url:
-        source = VaultSource(
-            VaultSourceConfig(
-                name="vault",
-                url=url,
-                auth=VaultAuthConfig(method="token", token_file=write(tmp_path, "token", "t")),
-            )
-        )
+        source = placeholder_token_source(url, tmp_path)
         try:
             with pytest.raises(TransientSourceError) as caught:
                 source.fetch(EnvironmentConfig(name="s", source="vault", secret="x"), None)
