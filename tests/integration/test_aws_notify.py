@@ -25,7 +25,14 @@ from sidkeyd.keystore import KeyStore
 from sidkeyd.rotation import KeyManager
 from sidkeyd.sources import WatchingSource
 from sidkeyd.sources.aws import AwsSource, parse_change_event
-from support.moto_server import ACCOUNT, MotoEndpoint, change_event, closed_port_url, sns_wrapped
+from support.moto_server import (
+    ACCOUNT,
+    MotoEndpoint,
+    change_event,
+    closed_port_url,
+    sns_wrapped,
+    source_config,
+)
 
 pytestmark = pytest.mark.aws
 
@@ -38,18 +45,9 @@ WAIT_S = 15.0
 Logs = list[dict[str, Any]]
 
 
-def source_config(endpoint_url: str, queue_url: str | None, **overrides: Any) -> AwsSourceConfig:
-    settings: dict[str, Any] = {
-        "name": "aws",
-        "region": "us-east-1",
-        "endpoint_url": endpoint_url,
-        "notify_queue_url": queue_url,
-        "max_attempts": 1,
-        "connect_timeout": timedelta(seconds=2),
-        "read_timeout": timedelta(seconds=5),
-    }
-    settings.update(overrides)
-    return AwsSourceConfig(**settings)
+def notify_source(endpoint_url: str, queue_url: str) -> AwsSource:
+    """An AwsSource reading change events from ``queue_url``, long-polling for one second."""
+    return AwsSource(source_config(endpoint_url, notify_queue_url=queue_url), notify_wait_s=1)
 
 
 def payload(api_key: str) -> str:
@@ -71,7 +69,7 @@ def queue(moto_endpoint: MotoEndpoint) -> str:
 
 @pytest.fixture
 def source(moto_endpoint: MotoEndpoint, queue: str) -> Iterator[AwsSource]:
-    aws = AwsSource(source_config(moto_endpoint.url, queue), notify_wait_s=1)
+    aws = notify_source(moto_endpoint.url, queue)
     yield aws
     aws.close()
 
@@ -96,7 +94,7 @@ def manager_for(
     )
     config = Config(
         refresh=refresh,
-        sources=MappingProxyType({"aws": source_config("unused", None)}),
+        sources=MappingProxyType({"aws": source_config("unused")}),
         environments=MappingProxyType({"sandbox": environment}),
     )
     store = KeyStore()
@@ -340,7 +338,7 @@ def test_queue_is_polled_where_it_is_whatever_endpoint_url_says(
     moto_endpoint: MotoEndpoint, queue: str
 ) -> None:
     """With endpoint_url elsewhere (nothing listening there), the queue on moto is still read."""
-    aws = AwsSource(source_config(closed_port_url(), queue), notify_wait_s=1)
+    aws = notify_source(closed_port_url(), queue)
     changes: list[str] = []
     send(moto_endpoint, queue, change_event(NAME))
     try:
@@ -508,7 +506,7 @@ def test_missing_queue_is_logged_and_the_schedule_still_rotates(
     """A queue that does not exist logs aws.notify_failed; the schedule picks up a rotation."""
     name, _ = secret
     missing = f"{moto_endpoint.url}/{ACCOUNT}/sidkeyd-no-such-queue"
-    aws = AwsSource(source_config(moto_endpoint.url, missing), notify_wait_s=1)
+    aws = notify_source(moto_endpoint.url, missing)
     outcome: dict[str, Any] = {}
 
     async def body(manager: KeyManager, store: KeyStore, logs: Logs) -> None:
@@ -528,7 +526,7 @@ def test_missing_queue_is_logged_and_the_schedule_still_rotates(
 def test_unreachable_queue_is_retried_with_backoff(moto_endpoint: MotoEndpoint) -> None:
     """Nothing listening: each failure is logged with a retry delay and polling goes on."""
     queue = f"{closed_port_url()}/{ACCOUNT}/sidkeyd-unreachable"
-    aws = AwsSource(source_config(moto_endpoint.url, queue), notify_wait_s=1)
+    aws = notify_source(moto_endpoint.url, queue)
     try:
         with capture_logs() as logs:
             aws.watch(lambda _secret: None)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from datetime import timedelta
+from contextlib import contextmanager
 from types import MappingProxyType
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
-from sidkeyd.config import AwsSourceConfig, Config, EnvironmentConfig
+from sidkeyd.config import Config, EnvironmentConfig
 from sidkeyd.errors import (
     AccessLostError,
     InvalidSecretError,
@@ -23,7 +23,7 @@ from sidkeyd.keystore import KeyStore
 from sidkeyd.rotation import KeyManager, Trigger
 from sidkeyd.sources import SecretValue, Unchanged
 from sidkeyd.sources.aws import AwsSource
-from support.moto_server import MotoEndpoint, closed_port_url
+from support.moto_server import MotoEndpoint, closed_port_url, source_config
 from support.tls import tls_hangup_url
 
 pytestmark = pytest.mark.aws
@@ -35,18 +35,14 @@ KEY_TWO = "aws-it-key-two-8c1e-not-real"
 WAIT_S = 15.0  # upper bound on a wait; never a sleep
 
 
-def source_config(endpoint_url: str | None, **overrides: Any) -> AwsSourceConfig:
-    """One attempt per call and short timeouts: a failure shows at once, without retry sleeps."""
-    settings: dict[str, Any] = {
-        "name": "aws",
-        "region": PRIMARY,
-        "endpoint_url": endpoint_url,
-        "max_attempts": 1,
-        "connect_timeout": timedelta(seconds=2),
-        "read_timeout": timedelta(seconds=5),
-    }
-    settings.update(overrides)
-    return AwsSourceConfig(**settings)
+@contextmanager
+def opened(endpoint_url: str | None, **overrides: Any) -> Iterator[AwsSource]:
+    """An AwsSource on ``source_config(endpoint_url, **overrides)``, closed on the way out."""
+    aws = AwsSource(source_config(endpoint_url, **overrides))
+    try:
+        yield aws
+    finally:
+        aws.close()
 
 
 def env_config(secret: str, **overrides: Any) -> EnvironmentConfig:
@@ -259,12 +255,8 @@ def test_secret_deleted_for_good_is_not_found(
 
 def test_unreachable_endpoint_is_transient() -> None:
     """Nothing listening at endpoint_url raises TransientSourceError endpoint_unreachable."""
-    aws = AwsSource(source_config(closed_port_url()))
-    try:
-        with pytest.raises(TransientSourceError) as caught:
-            aws.fetch(env_config("smileid/sandbox"), None)
-    finally:
-        aws.close()
+    with opened(closed_port_url()) as aws, pytest.raises(TransientSourceError) as caught:
+        aws.fetch(env_config("smileid/sandbox"), None)
     assert ("endpoint_unreachable", True) == (
         caught.value.code,
         caught.value.reason.startswith(f"{PRIMARY}: "),
@@ -276,13 +268,12 @@ def test_tls_handshake_cut_short_is_transient_and_falls_back(moto_endpoint: Moto
 
     (``moto_endpoint`` for its fake credentials only.)
     """
-    with tls_hangup_url() as url:
-        aws = AwsSource(source_config(url, fallback_regions=[REPLICA]))
-        try:
-            with pytest.raises(TransientSourceError) as caught:
-                aws.fetch(env_config("smileid/sandbox"), None)
-        finally:
-            aws.close()
+    with (
+        tls_hangup_url() as url,
+        opened(url, fallback_regions=[REPLICA]) as aws,
+        pytest.raises(TransientSourceError) as caught,
+    ):
+        aws.fetch(env_config("smileid/sandbox"), None)
     assert ("tls_connection_error", True) == (
         caught.value.code,
         f"fallback {REPLICA}: " in caught.value.reason,
@@ -295,12 +286,8 @@ def test_missing_credentials_are_permanent(
     """With no credentials in the standard chain the source raises no_credentials."""
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
-    aws = AwsSource(source_config(moto_endpoint.url))
-    try:
-        with pytest.raises(PermanentSourceError) as caught:
-            aws.fetch(env_config("smileid/sandbox"), None)
-    finally:
-        aws.close()
+    with opened(moto_endpoint.url) as aws, pytest.raises(PermanentSourceError) as caught:
+        aws.fetch(env_config("smileid/sandbox"), None)
     assert "no_credentials" == caught.value.code
 
 
@@ -309,14 +296,11 @@ def test_credentials_that_appear_later_are_used(
 ) -> None:
     """A check after a no_credentials failure looks at the chain again and succeeds."""
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
-    aws = AwsSource(source_config(moto_endpoint.url))
-    try:
+    with opened(moto_endpoint.url) as aws:
         with pytest.raises(PermanentSourceError):
             aws.fetch(env_config(secret[0]), None)
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
         value = fetch_value(aws, env_config(secret[0]))
-    finally:
-        aws.close()
     assert KEY_ONE == value.api_key.reveal()
 
 
@@ -338,11 +322,8 @@ def test_clients_are_built_once_per_region(source: AwsSource) -> None:
 
 def test_endpoint_url_region_placeholder_is_filled_per_region() -> None:
     """An endpoint_url with {region} gives each region's client its own endpoint."""
-    aws = AwsSource(source_config("https://secretsmanager-fips.{region}.amazonaws.com"))
-    try:
+    with opened("https://secretsmanager-fips.{region}.amazonaws.com") as aws:
         endpoints = [aws.client(region).meta.endpoint_url for region in (PRIMARY, REPLICA)]
-    finally:
-        aws.close()
     assert [
         "https://secretsmanager-fips.us-east-1.amazonaws.com",
         "https://secretsmanager-fips.eu-west-1.amazonaws.com",
@@ -355,15 +336,12 @@ def test_role_is_assumed_when_configured(
     """With role_arn set the secret is read with credentials from STS AssumeRole."""
     monkeypatch.setenv("AWS_ENDPOINT_URL_STS", moto_endpoint.url)
     role = "arn:aws:iam::123456789012:role/sidkeyd-reader"
-    aws = AwsSource(source_config(moto_endpoint.url, role_arn=role, external_id="ext-1"))
-    try:
+    with opened(moto_endpoint.url, role_arn=role, external_id="ext-1") as aws:
         value = fetch_value(aws, env_config(secret[0]))
         assert aws.session is not None
         credentials = aws.session.get_credentials()
         assert credentials is not None
         used = (credentials.method, credentials.get_frozen_credentials().access_key)
-    finally:
-        aws.close()
     assert (KEY_ONE, "assume-role", False) == (
         value.api_key.reveal(),
         used[0],
@@ -377,12 +355,11 @@ def test_unreachable_sts_fails_the_fetch(
     """When STS cannot be reached to assume the role, the fetch fails as a SourceError."""
     monkeypatch.setenv("AWS_ENDPOINT_URL_STS", closed_port_url())
     role = "arn:aws:iam::123456789012:role/sidkeyd-reader"
-    aws = AwsSource(source_config(moto_endpoint.url, role_arn=role))
-    try:
-        with pytest.raises(TransientSourceError) as caught:
-            aws.fetch(env_config(secret[0]), None)
-    finally:
-        aws.close()
+    with (
+        opened(moto_endpoint.url, role_arn=role) as aws,
+        pytest.raises(TransientSourceError) as caught,
+    ):
+        aws.fetch(env_config(secret[0]), None)
     assert "endpoint_unreachable" == caught.value.code
 
 
@@ -404,12 +381,11 @@ def test_fallback_region_serves_when_the_primary_is_down(
 ) -> None:
     """With the primary region down, the replica's key is read and served_by names it."""
     name, version = replicated
-    with moto_endpoint.outage_front(down={PRIMARY}) as front:
-        aws = AwsSource(source_config(front.url, fallback_regions=(REPLICA,)))
-        try:
-            value = fetch_value(aws, env_config(name))
-        finally:
-            aws.close()
+    with (
+        moto_endpoint.outage_front(down={PRIMARY}) as front,
+        opened(front.url, fallback_regions=(REPLICA,)) as aws,
+    ):
+        value = fetch_value(aws, env_config(name))
     assert (KEY_ONE, version, REPLICA) == (value.api_key.reveal(), value.version, value.served_by)
 
 
@@ -418,12 +394,11 @@ def test_fallback_region_confirms_the_held_version(
 ) -> None:
     """The replica's VersionId is the primary's, so a check from it returns Unchanged."""
     name, version = replicated
-    with moto_endpoint.outage_front(down={PRIMARY}) as front:
-        aws = AwsSource(source_config(front.url, fallback_regions=(REPLICA,)))
-        try:
-            result = aws.fetch(env_config(name), version)
-        finally:
-            aws.close()
+    with (
+        moto_endpoint.outage_front(down={PRIMARY}) as front,
+        opened(front.url, fallback_regions=(REPLICA,)) as aws,
+    ):
+        result = aws.fetch(env_config(name), version)
     assert Unchanged(version, served_by=REPLICA) == result
 
 
@@ -432,13 +407,12 @@ def test_primary_region_is_used_while_it_is_up(
 ) -> None:
     """With every region up the primary serves and the fallback's client is never called."""
     name, _ = replicated
-    with moto_endpoint.outage_front() as front:
-        aws = AwsSource(source_config(front.url, fallback_regions=(REPLICA,)))
-        try:
-            fallback_calls = count_calls(aws, "GetSecretValue", REPLICA)
-            value = fetch_value(aws, env_config(name))
-        finally:
-            aws.close()
+    with (
+        moto_endpoint.outage_front() as front,
+        opened(front.url, fallback_regions=(REPLICA,)) as aws,
+    ):
+        fallback_calls = count_calls(aws, "GetSecretValue", REPLICA)
+        value = fetch_value(aws, env_config(name))
     assert (PRIMARY, []) == (value.served_by, fallback_calls)
 
 
@@ -446,12 +420,11 @@ def test_permanent_primary_error_does_not_fall_back(moto_endpoint: MotoEndpoint)
     """A secret missing in the primary is access lost, even if a fallback region has one."""
     name = moto_endpoint.secret_name()
     moto_endpoint.client(REPLICA).create_secret(Name=name, SecretString=json_payload(KEY_ONE))
-    aws = AwsSource(source_config(moto_endpoint.url, fallback_regions=(REPLICA,)))
-    try:
-        with pytest.raises(AccessLostError) as caught:
-            aws.fetch(env_config(name), None)
-    finally:
-        aws.close()
+    with (
+        opened(moto_endpoint.url, fallback_regions=(REPLICA,)) as aws,
+        pytest.raises(AccessLostError) as caught,
+    ):
+        aws.fetch(env_config(name), None)
     assert "secret_not_found" == caught.value.code
 
 
@@ -460,13 +433,12 @@ def test_every_region_down_is_transient(
 ) -> None:
     """With all regions down the error is transient and its reason names each region."""
     name, _ = replicated
-    with moto_endpoint.outage_front(down={PRIMARY, REPLICA}) as front:
-        aws = AwsSource(source_config(front.url, fallback_regions=(REPLICA,)))
-        try:
-            with pytest.raises(TransientSourceError) as caught:
-                aws.fetch(env_config(name), None)
-        finally:
-            aws.close()
+    with (
+        moto_endpoint.outage_front(down={PRIMARY, REPLICA}) as front,
+        opened(front.url, fallback_regions=(REPLICA,)) as aws,
+        pytest.raises(TransientSourceError) as caught,
+    ):
+        aws.fetch(env_config(name), None)
     assert ("connection_closed", True, True) == (
         caught.value.code,
         f"{PRIMARY}: " in caught.value.reason,
@@ -479,13 +451,12 @@ def test_fallback_without_the_replica_stays_transient(
 ) -> None:
     """Primary down and the secret not replicated: transient, never access lost."""
     name, _ = secret
-    with moto_endpoint.outage_front(down={PRIMARY}) as front:
-        aws = AwsSource(source_config(front.url, fallback_regions=(REPLICA,)))
-        try:
-            with pytest.raises(TransientSourceError) as caught:
-                aws.fetch(env_config(name), None)
-        finally:
-            aws.close()
+    with (
+        moto_endpoint.outage_front(down={PRIMARY}) as front,
+        opened(front.url, fallback_regions=(REPLICA,)) as aws,
+        pytest.raises(TransientSourceError) as caught,
+    ):
+        aws.fetch(env_config(name), None)
     assert "connection_closed" == caught.value.code
 
 

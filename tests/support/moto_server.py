@@ -32,12 +32,15 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
+
+from sidkeyd.config import AwsSourceConfig
 
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
@@ -81,6 +84,21 @@ def free_port() -> int:
 def closed_port_url() -> str:
     """An http URL on loopback where nothing listens: connections are refused at once."""
     return f"http://127.0.0.1:{free_port()}"
+
+
+def source_config(endpoint_url: str | None, **overrides: Any) -> AwsSourceConfig:
+    """An aws source in REGION with one attempt per call and short timeouts: a failure shows at
+    once, without retry sleeps."""
+    settings: dict[str, Any] = {
+        "name": "aws",
+        "region": REGION,
+        "endpoint_url": endpoint_url,
+        "max_attempts": 1,
+        "connect_timeout": timedelta(seconds=2),
+        "read_timeout": timedelta(seconds=5),
+    }
+    settings.update(overrides)
+    return AwsSourceConfig(**settings)
 
 
 @dataclass
