@@ -7,7 +7,7 @@ import pytest
 from sidkeyd.keystore import fingerprint
 from support.daemon import ALL_LOGS, ALL_SECRETS
 from support.moto_server import moto_endpoint  # noqa: F401  (fixture)
-from support.openbao_server import openbao  # noqa: F401  (fixture)
+from support.openbao_server import openbao, private_openbao  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from sidkeyd.errors import RequestFailedError
 from support import signatures
-from support.daemon import Daemon
+from support.daemon import Daemon, refused
 from support.moto_server import REGION, MotoEndpoint, OutageFront, change_event
+from support.schedules import FAST_SCHEDULE, NO_SCHEDULE
 
 pytestmark = pytest.mark.aws
 
@@ -26,20 +26,6 @@ FIRST_KEY = "aws-rotation-e2e-key-one-6b2f-not-real"
 ROTATED_KEY = "aws-rotation-e2e-key-two-c81a-not-real"
 ALL_KEYS = (FIRST_KEY, ROTATED_KEY)
 PARTNER_ID = "085"
-
-# No scheduled check and no backoff retry during a test: only forced checks reach the backend.
-NO_SCHEDULE = """
-interval = "24h"
-backoff_min = "24h"
-backoff_max = "24h"
-"""
-# Scheduled checks every second, retried quickly after a failure.
-FAST_SCHEDULE = """
-interval = "1s"
-jitter = 0.0
-backoff_min = "100ms"
-backoff_max = "300ms"
-"""
 
 CONFIG = """
 [server]
@@ -81,13 +67,6 @@ def signed_with(key: str, signed: dict[str, Any]) -> bool:
 
 def payload(api_key: str) -> str:
     return json.dumps({"api_key": api_key, "partner_id": PARTNER_ID})
-
-
-def refused(call: Callable[[], Any]) -> tuple[int, str]:
-    """The (status, error code) of a request the daemon must refuse."""
-    with pytest.raises(RequestFailedError) as caught:
-        call()
-    return caught.value.status, caught.value.code
 
 
 @pytest.fixture

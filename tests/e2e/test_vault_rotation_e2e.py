@@ -7,41 +7,24 @@ policy is), and verification with the previous version. Every wait is on a logge
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sidkeyd.errors import RequestFailedError
 from support import signatures
-from support.daemon import Daemon
+from support.daemon import Daemon, refused
 from support.openbao_server import CountingProxy, OpenBao
+from support.schedules import FAST_SCHEDULE, NO_SCHEDULE
 
 pytestmark = pytest.mark.vault
 
 FIRST_KEY = "e2e-vault-rotation-key-one-5d1e-not-real"
 ROTATED_KEY = "e2e-vault-rotation-key-two-a7c4-not-real"
 PARTNER_ID = "085"
-
-# No scheduled check during a test unless it asks for one (the first run is at a per-host
-# offset within the interval), and no scheduled retry after a failed check: each test's
-# checks are the ones it forces.
-NO_SCHEDULE = """
-interval = "24h"
-backoff_min = "24h"
-backoff_max = "24h"
-"""
-# Scheduled checks every second, retried quickly after a failure.
-FAST_SCHEDULE = """
-interval = "1s"
-jitter = 0.0
-backoff_min = "100ms"
-backoff_max = "300ms"
-"""
 
 CONFIG = """
 [server]
@@ -142,23 +125,6 @@ class FakeSmileResponse:
 def tenant(openbao: OpenBao) -> Tenant:
     """A tenant on the shared server (for tests that do not seal it)."""
     return Tenant.create(openbao)
-
-
-@pytest.fixture
-def private_openbao(tmp_path: Path) -> Iterator[OpenBao]:
-    """A server of its own, for tests that seal it."""
-    server = OpenBao.start(tmp_path / "openbao")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def refused(call: Callable[[], Any]) -> tuple[int, str]:
-    """The (status, error code) of a request the daemon must refuse."""
-    with pytest.raises(RequestFailedError) as caught:
-        call()
-    return caught.value.status, caught.value.code
 
 
 def signed_with(key: str, signed: dict[str, Any]) -> bool:

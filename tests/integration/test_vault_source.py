@@ -666,16 +666,6 @@ def test_fetch_after_close_is_refused(
 # -- outages ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def private_openbao(tmp_path: Path) -> Iterator[OpenBao]:
-    """A server of its own, for tests that seal it."""
-    server = OpenBao.start(tmp_path / "openbao")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def test_sealed_vault_is_transient_and_recovers_after_unseal(
     private_openbao: OpenBao, tmp_path: Path
 ) -> None:

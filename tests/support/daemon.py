@@ -25,7 +25,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
 from sidkeyd.client import Client
+from sidkeyd.errors import RequestFailedError
 
 DEFAULT_TIMEOUT = 30.0
 # Every daemon log of the session and every key a test declared: scanned together at the end
@@ -197,6 +200,13 @@ class Daemon:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+
+def refused(call: Callable[[], Any]) -> tuple[int, str]:
+    """The (status, error code) of a request the daemon must refuse."""
+    with pytest.raises(RequestFailedError) as caught:
+        call()
+    return caught.value.status, caught.value.code
 
 
 def read_all(sock: socket.socket) -> bytes:

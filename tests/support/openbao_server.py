@@ -341,3 +341,13 @@ def openbao() -> Iterator[OpenBao]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def private_openbao(tmp_path: Path) -> Iterator[OpenBao]:
+    """A server of its own, for tests that seal it."""
+    server = OpenBao.start(tmp_path / "openbao")
+    try:
+        yield server
+    finally:
+        server.stop()
