@@ -23,8 +23,10 @@ material: only names, versions, fingerprints and reasons.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from sidkeyd.redaction import scrub
 
 
 class SidkeydError(Exception):
@@ -59,6 +61,11 @@ class SourceError(SidkeydError):
         self.reason = reason
         self.code = code
         super().__init__(reason)
+
+    def scrub(self, secrets: Iterable[str]) -> None:
+        """Replace every one of ``secrets`` in the reason: the engine knows keys sources do not."""
+        self.reason = scrub(self.reason, secrets)
+        self.args = (self.reason,)
 
 
 class TransientSourceError(SourceError):

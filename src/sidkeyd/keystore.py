@@ -23,6 +23,30 @@ def fingerprint(secret: str) -> str:
     return hashlib.sha256(_FINGERPRINT_PREFIX + secret.encode("utf-8")).hexdigest()[:12]
 
 
+# Content-hash versions are shown to every peer (each signature names its key version), so a
+# fast hash of the key would be an offline guessing oracle: scrypt makes each guess cost ~50 ms
+# and 16 MiB. The salt is fixed so that every host names the same key the same way.
+_VERSION_SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 8}
+_version_cache: dict[bytes, str] = {}  # fast digest -> version: a check re-reads every minute
+_VERSION_CACHE_SIZE = 64
+
+
+def content_version(purpose: str, api_key: str, partner_id: str | None) -> str:
+    """A stable version for a secret that has none of its own (file source, Vault KV v1)."""
+    material = b"\x00".join(
+        (purpose.encode(), api_key.encode("utf-8"), (partner_id or "").encode("utf-8"))
+    )
+    cache_key = hashlib.sha256(material).digest()  # in memory only, never shown
+    version = _version_cache.get(cache_key)
+    if version is None:
+        digest = hashlib.scrypt(material, salt=b"sidkeyd-content-version-v1", **_VERSION_SCRYPT)
+        version = "scrypt:" + digest.hex()
+        if len(_version_cache) >= _VERSION_CACHE_SIZE:
+            _version_cache.clear()
+        _version_cache[cache_key] = version
+    return version
+
+
 class ApiKey:
     """Key material on its way from a source to the store. Never printed, never pickled."""
 

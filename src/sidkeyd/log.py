@@ -14,9 +14,11 @@ from typing import Any, TextIO
 import structlog
 
 from sidkeyd.config import LogConfig
+from sidkeyd.redaction import REDACTED, backend_text, truncate
 from sidkeyd.signing import TimestampClock
 
-REDACTED = "[REDACTED]"
+__all__ = ["REDACTED", "configure_logging", "get_logger", "make_redactor", "untrusted"]
+
 # Field names whose values are never logged, whatever they hold.
 SENSITIVE_FIELDS = frozenset(
     {"api_key", "apikey", "key", "secret_value", "secret_string", "token", "password", "secret_id"}
@@ -85,7 +87,7 @@ def untrusted(value: str | bytes, limit: int = 128) -> str:
     """A client-supplied string made safe for a log field: decoded, truncated, marked."""
     if isinstance(value, bytes):
         value = value.decode("utf-8", "backslashreplace")
-    return value if len(value) <= limit else value[:limit] + "...(truncated)"
+    return truncate(value, limit)
 
 
 _ENCODER = json.JSONEncoder(default=repr)
@@ -93,6 +95,26 @@ _ENCODER = json.JSONEncoder(default=repr)
 
 def _json_encode(obj: Any, **_kw: Any) -> str:
     return _ENCODER.encode(obj)  # one encoder, not one per line as json.dumps(default=...)
+
+
+class _LibraryLogBridge(logging.Handler):
+    """Library records (APScheduler, botocore, urllib3, warnings) as structured events.
+
+    Without it they reach stderr as plain text through logging's last-resort handler. Their
+    text is a library's, so it is treated as backend text; tracebacks are reduced to the type.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields: dict[str, Any] = {
+                "logger": record.name,
+                "message": backend_text(record.getMessage(), limit=300),
+            }
+            if record.exc_info and record.exc_info[0] is not None:
+                fields["error_type"] = record.exc_info[0].__name__
+            get_logger().log(record.levelno, "library.log", **fields)
+        except Exception:  # a log line must never break the caller
+            self.handleError(record)
 
 
 def configure_logging(
@@ -116,3 +138,6 @@ def configure_logging(
         logger_factory=structlog.WriteLoggerFactory(file=stream or sys.stdout),
         cache_logger_on_first_use=True,
     )
+    logging.captureWarnings(True)
+    logging.root.handlers = [_LibraryLogBridge()]
+    logging.root.setLevel(max(level, logging.WARNING))  # libraries' info lines are noise

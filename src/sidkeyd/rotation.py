@@ -12,10 +12,10 @@ import asyncio
 import contextlib
 import hashlib
 import random
+import re
 import socket
 import threading
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -35,6 +35,7 @@ from sidkeyd.errors import (
 from sidkeyd.keystore import KeySnapshot, KeyStore
 from sidkeyd.log import get_logger
 from sidkeyd.sources import SecretValue, Source, Unchanged, WatchingSource
+from sidkeyd.threads import DaemonThreadPool
 
 
 class Trigger(StrEnum):
@@ -112,12 +113,30 @@ def host_offset(host: str, environment: str, interval: timedelta) -> timedelta:
     return interval * fraction
 
 
-def resolve_partner_id(environment: EnvironmentConfig, from_secret: str | None) -> str:
-    """The configured partner id and the secret's must agree; one of them must exist."""
-    configured = environment.partner_id
+# Smile ID partner ids are digits ("085"). Anything else read from a secret is a config slip
+# (``partner_id_field`` naming the key, fields swapped) and must never be echoed: it is served
+# in every response.
+_PARTNER_ID = re.compile(r"[0-9]{1,32}")
+
+
+def resolve_partner_id(environment: EnvironmentConfig, value: SecretValue) -> str:
+    """The configured partner id and the secret's must agree; one of them must exist.
+
+    Messages name fields and the configured value only, never what the secret holds.
+    """
+    configured, from_secret = environment.partner_id, value.partner_id
+    field = environment.partner_id_field
+    if from_secret is not None and (
+        from_secret == value.api_key.reveal() or not _PARTNER_ID.fullmatch(from_secret)
+    ):
+        raise InvalidSecretError(
+            f'the secret\'s field {field!r} is not a partner id (digits, such as "085"): '
+            "check partner_id_field and api_key_field",
+            code="partner_id_invalid",
+        )
     if configured is not None and from_secret is not None and configured != from_secret:
         raise InvalidSecretError(
-            f"secret's partner_id {from_secret!r} differs from the configured {configured!r}",
+            f"the secret's field {field!r} differs from the configured partner_id {configured!r}",
             code="partner_id_mismatch",
         )
     partner_id = configured if configured is not None else from_secret
@@ -152,7 +171,7 @@ class KeyManager:
             name: EnvironmentState(env, sources[env.source])
             for name, env in config.environments.items()
         }
-        self._executor = ThreadPoolExecutor(
+        self._executor = DaemonThreadPool(
             max_workers=min(8, max(2, len(self._states))), thread_name_prefix="sidkeyd-fetch"
         )
         self._scheduler: AsyncIOScheduler | None = None
@@ -195,14 +214,14 @@ class KeyManager:
         for name, state in self._states.items():
             interval = state.config.refresh.interval
             self._scheduler.add_job(
-                self.check,
+                self._scheduled_check,
                 IntervalTrigger(
                     seconds=interval.total_seconds(),
                     jitter=interval.total_seconds() * state.config.refresh.jitter or None,
                     start_date=now + host_offset(self._hostname, name, interval),
                     timezone=UTC,
                 ),
-                args=(name, Trigger.SCHEDULE),
+                args=(name,),
                 id=name,
                 coalesce=True,
                 max_instances=1,
@@ -214,7 +233,13 @@ class KeyManager:
         self._scheduler.start()
         self._start_watchers()
 
-    async def stop(self) -> None:
+    async def _scheduled_check(self, environment: str) -> None:
+        # Cancelled at shutdown: APScheduler would print that as a job failure on stderr.
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.check(environment, Trigger.SCHEDULE)
+
+    async def stop(self, timeout_s: float | None = None) -> None:
+        """Stop checking and close the sources, within ``timeout_s`` (shutdown_timeout)."""
         if self._scheduler is not None and self._scheduler.running:
             self._scheduler.shutdown(wait=False)
         pending: list[asyncio.Future[CheckOutcome]] = [
@@ -229,7 +254,9 @@ class KeyManager:
                 if timer is not None:
                     timer.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
-        await self._close_sources(self._config.server.shutdown_timeout.total_seconds())
+        if timeout_s is None:
+            timeout_s = self._config.server.shutdown_timeout.total_seconds()
+        await self._close_sources(timeout_s)
 
     async def _close_sources(self, timeout_s: float) -> None:
         """Close every source in its own daemon thread: a backend stuck in a call (a hung
@@ -351,6 +378,7 @@ class KeyManager:
         held_version = None if force or held is None else held.version
         state.last_attempt_at = self._now()
         loop = asyncio.get_running_loop()
+        just_read = ""  # a key read by this check: scrubbed from its error, held or not
         try:
             try:
                 result = await loop.run_in_executor(
@@ -369,6 +397,7 @@ class KeyManager:
                     "key.check", environment=state.name, trigger=trigger, key_version=result.version
                 )
                 return CheckOutcome(state.name, result.version, changed=False)
+            just_read = result.api_key.reveal()
             changed = self._install(state, result, trigger)
             if not changed:
                 self._log.debug(
@@ -377,6 +406,7 @@ class KeyManager:
             self._on_success(state, trigger, changed=changed)
             return CheckOutcome(state.name, result.version, changed=changed)
         except SourceError as exc:
+            exc.scrub([*self._store.secrets(), just_read])
             self._on_failure(state, exc, trigger)
             current = self._store.get(state.name)
             return CheckOutcome(
@@ -384,7 +414,7 @@ class KeyManager:
             )
 
     def _install(self, state: EnvironmentState, value: SecretValue, trigger: Trigger) -> bool:
-        partner_id = resolve_partner_id(state.config, value.partner_id)
+        partner_id = resolve_partner_id(state.config, value)
         held = self._store.get(state.name)
         if (
             held is not None
@@ -538,7 +568,11 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 
 def _reason(state: EnvironmentState) -> str:
+    """Why an environment is not healthy, from codes only: shown to every peer (health, 503s).
+
+    The backend's own words (``SourceError.reason``) go only to admins and the log.
+    """
     if state.last_error is None:
         return "no check has completed yet"
     error = state.last_error
-    return f"last check failed ({error.kind}, {error.code}): {error.reason}"
+    return f"last check failed ({error.kind}: {error.code})"

@@ -85,7 +85,7 @@ def test_sign_over_raw_http_matches_an_independent_signature(daemon: Daemon) -> 
     assert 200 == status
     assert expected_signature(SANDBOX_KEY, body["timestamp"], "085") == body["signature"]
     assert ("085", "sandbox") == (body["partner_id"], body["environment"])
-    assert body["key_version"].startswith("sha256:")
+    assert body["key_version"].startswith("scrypt:")
 
 
 def test_sign_is_audited_with_peer_credentials(daemon: Daemon) -> None:

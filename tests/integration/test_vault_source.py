@@ -387,7 +387,7 @@ def test_kv1_versions_by_content_hash(
     openbao.kv1_put(mount, path, {"api_key": "v1-key-two", "partner_id": "085"})
     changed = fetched(source.fetch(env, first.version))
 
-    assert first.version.startswith("sha256:")
+    assert first.version.startswith("scrypt:")
     assert Unchanged(first.version) == again
     assert "v1-key-two" == changed.api_key.reveal()
     assert first.version != changed.version

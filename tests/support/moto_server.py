@@ -115,6 +115,12 @@ class OutageFront:
     down: set[str] = field(default_factory=set)
     denied: set[str] = field(default_factory=set)
     operations: list[str] = field(default_factory=list)
+    # A hostile or buggy endpoint: every Secrets Manager request gets this (status, JSON body).
+    answer_with: tuple[int, dict[str, Any]] | None = None
+    # A black hole: requests are held unanswered until the front shuts down.
+    hanging: bool = False
+    held: threading.Event = field(default_factory=threading.Event)  # a request is being held
+    released: threading.Event = field(default_factory=threading.Event)
 
     def count(self, operation: str) -> int:
         """How many requests for ``operation`` (``"GetSecretValue"``, say) reached the front."""
@@ -179,6 +185,7 @@ class MotoEndpoint:
         try:
             yield front
         finally:
+            front.released.set()
             server.shutdown()
             server.server_close()
             thread.join()
@@ -249,6 +256,15 @@ def _front_handler(upstream: str, front: OutageFront) -> type[BaseHTTPRequestHan
             signed = _SIGNED_REGION.search(self.headers.get("Authorization", ""))
             if signed is not None and signed.group(1) in front.down:
                 self.close_connection = True  # no answer at all: the region is "down"
+                return
+            if front.hanging:
+                front.held.set()
+                front.released.wait()
+                self.close_connection = True
+                return
+            if front.answer_with is not None and target.startswith("secretsmanager."):
+                status, error = front.answer_with
+                self._answer(status, json.dumps(error).encode(), "application/x-amz-json-1.1")
                 return
             secret_id = _secret_id(target, body)
             if secret_id is not None and secret_id in front.denied:

@@ -30,7 +30,7 @@ def test_reads_a_toml_entry(tmp_path: Path) -> None:
     result = source(write_toml(tmp_path / "k.toml")).fetch(ENV, None)
     assert isinstance(result, SecretValue)
     assert (KEY, "085") == (result.api_key.reveal(), result.partner_id)
-    assert result.version.startswith("sha256:")
+    assert result.version.startswith("scrypt:")
 
 
 def test_reads_a_json_file(tmp_path: Path) -> None:

@@ -82,3 +82,18 @@ def test_json_fields_are_escaped() -> None:
         environment="sandbox", partner_id='0"85', version='v"1', api_key=ApiKey("k"), loaded_at=T0
     )
     assert b'"partner_id": "0\\"85"' in snap.json_fields
+
+
+def test_content_versions_are_slow_hashes_stable_across_hosts() -> None:
+    """A content version is scrypt over the key: the same everywhere, and no fast SHA-256."""
+    import hashlib
+
+    from sidkeyd.keystore import content_version
+
+    first = content_version("purpose", "a-key", "085")
+    material = b"purpose\x00a-key\x00085"
+    assert first == content_version("purpose", "a-key", "085")
+    assert first.startswith("scrypt:")
+    assert hashlib.sha256(material).hexdigest()[:16] not in first
+    assert first != content_version("purpose", "another-key", "085")
+    assert first != content_version("other-purpose", "a-key", "085")

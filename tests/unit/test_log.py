@@ -64,3 +64,24 @@ def test_untrusted_strings_are_truncated() -> None:
     """Client-supplied values are cut to a bounded length and bytes are decoded."""
     assert 128 + len("...(truncated)") == len(untrusted("x" * 1000))
     assert "\\xff" == untrusted(b"\xff")
+
+
+def test_library_log_records_become_structured_events() -> None:
+    """A library's stdlib log record (APScheduler, botocore) is a JSON line, scrubbed."""
+    import logging
+
+    stream = io.StringIO()
+    configure_logging(LogConfig(format="json", level="info"), lambda: [SECRET], stream)
+    try:
+        logging.getLogger("apscheduler.scheduler").warning("job %s missed by %s", SECRET, "1s")
+    finally:
+        structlog.reset_defaults()
+        logging.root.handlers = []
+    line = json.loads(stream.getvalue().strip().splitlines()[-1])
+    assert ("library.log", "apscheduler.scheduler", "warning") == (
+        line["event"],
+        line["logger"],
+        line["level"],
+    )
+    assert line["message"].startswith("job ")
+    assert SECRET not in stream.getvalue()

@@ -413,3 +413,71 @@ def test_stop_closes_every_source() -> None:
 
     run(body)
     assert source.closed
+
+
+def test_a_partner_id_field_holding_the_key_is_refused_without_quoting_it() -> None:
+    """The secret's "partner id" is the key itself: refused, and the reason never quotes it."""
+    manager, source, _ = make(partner_id=None)
+    wrong = "key-in-the-wrong-field"
+    source.put("smileid/sandbox", wrong, "v2", partner_id=wrong)
+
+    async def body() -> str | None:
+        outcome = await manager.check("sandbox", Trigger.ADMIN, force=True)
+        return outcome.error
+
+    error = run(body)
+    assert error is not None
+    assert ("partner_id_invalid", False) == (
+        manager.states()["sandbox"].last_error.code,  # type: ignore[union-attr]
+        "key-in-the-wrong-field" in error,
+    )
+
+
+def test_a_mismatched_partner_id_is_not_quoted() -> None:
+    """A secret's partner id that differs from the config's is named by field, not value."""
+    manager, source, _ = make()
+    source.put("smileid/sandbox", "key-two", "v2", partner_id="999")
+
+    async def body() -> str | None:
+        return (await manager.check("sandbox", Trigger.ADMIN, force=True)).error
+
+    error = run(body)
+    assert error is not None
+    assert ("partner_id_mismatch", False) == (
+        manager.states()["sandbox"].last_error.code,  # type: ignore[union-attr]
+        "999" in error,
+    )
+
+
+def test_a_failure_reason_is_scrubbed_of_the_held_key() -> None:
+    """A source error quoting the key held is stored and shown with [REDACTED] instead."""
+    manager, source, _ = make()
+
+    async def body() -> str | None:
+        await manager.start()
+        source.errors.append(
+            TransientSourceError("backend said key-one is cached", code="service_error")
+        )
+        outcome = await manager.check("sandbox", Trigger.ADMIN, force=True)
+        await manager.stop()
+        return outcome.error
+
+    assert "backend said [REDACTED] is cached" == run(body)
+
+
+def test_health_and_refusals_name_codes_not_backend_text() -> None:
+    """The reason every peer sees (health, 503) carries the error's kind and code only."""
+    manager, source, _ = make()
+    source.errors.append(TransientSourceError("the backend's own words", code="service_error"))
+
+    async def body() -> tuple[str | None, str]:
+        await manager.check("sandbox", Trigger.STARTUP)
+        try:
+            manager.signing_key("sandbox")
+        except KeyUnavailableError as exc:
+            return manager.health("sandbox")[1], exc.message
+        raise AssertionError("signed without a key")
+
+    reason, refusal = run(body)
+    assert "no key loaded: last check failed (transient: service_error)" == reason
+    assert "backend's own words" not in refusal

@@ -49,6 +49,7 @@ from sidkeyd.errors import (
     TransientSourceError,
 )
 from sidkeyd.log import get_logger, untrusted
+from sidkeyd.redaction import backend_text
 from sidkeyd.sources import FetchResult, SecretValue, Unchanged
 from sidkeyd.sources.payload import key_from_text
 
@@ -187,6 +188,9 @@ _CERTIFICATE_REFUSED = re.compile(
 )
 
 
+_AWS_CODE = re.compile(r"[A-Za-z][A-Za-z0-9_.]{0,63}")
+
+
 def translate_error(exc: Exception, region: str) -> SourceError:
     """The ``SourceError`` for a botocore exception raised while calling ``region``."""
     if isinstance(exc, bx.ClientError):
@@ -202,6 +206,8 @@ def translate_error(exc: Exception, region: str) -> SourceError:
 def _translate_client_error(exc: bx.ClientError, region: str) -> SourceError:
     error = exc.response.get("Error", {})
     aws_code = str(error.get("Code", "Unknown"))
+    if not _AWS_CODE.fullmatch(aws_code):  # the endpoint's words: shown only if code-shaped
+        aws_code = "Unknown"
     aws_message = _truncate(str(error.get("Message", "")))
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
     operation = exc.operation_name
@@ -226,10 +232,8 @@ def _translate_client_error(exc: bx.ClientError, region: str) -> SourceError:
 
 
 def _truncate(text: str) -> str:
-    text = " ".join(text.split())
-    if len(text) <= MAX_AWS_MESSAGE_CHARS:
-        return text
-    return text[:MAX_AWS_MESSAGE_CHARS] + "...(truncated)"
+    """AWS's own words: a hostile or buggy endpoint may put secret text in them."""
+    return backend_text(text, limit=MAX_AWS_MESSAGE_CHARS)
 
 
 class _FixedCredentialProvider(CredentialProvider):

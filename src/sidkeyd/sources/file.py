@@ -9,13 +9,13 @@ Re-read on every check; the version is a content hash of the entry.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tomllib
 from typing import Any
 
 from sidkeyd.config import EnvironmentConfig, FileSourceConfig
 from sidkeyd.errors import AccessLostError, InvalidSecretError
+from sidkeyd.keystore import content_version
 from sidkeyd.sources import FetchResult, SecretValue, Unchanged
 from sidkeyd.sources.payload import key_from_mapping
 
@@ -39,7 +39,7 @@ class FileSource:
                 code="malformed_payload",
             )
         api_key, partner_id = key_from_mapping(entry, environment)
-        version = _content_version(api_key.reveal(), partner_id)
+        version = content_version("sidkeyd-file-version", api_key.reveal(), partner_id)
         if version == held_version:
             return Unchanged(version)
         return SecretValue(api_key=api_key, partner_id=partner_id, version=version)
@@ -68,9 +68,3 @@ class FileSource:
 
     def close(self) -> None:
         pass
-
-
-def _content_version(api_key: str, partner_id: str | None) -> str:
-    digest = hashlib.sha256(b"sidkeyd-file-version\x00" + api_key.encode("utf-8"))
-    digest.update(b"\x00" + (partner_id or "").encode("utf-8"))
-    return "sha256:" + digest.hexdigest()[:16]

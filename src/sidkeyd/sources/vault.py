@@ -38,7 +38,6 @@ text with any credential this source holds replaced, and never a token, secret i
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import threading
@@ -66,7 +65,9 @@ from sidkeyd.errors import (
     SourceError,
     TransientSourceError,
 )
+from sidkeyd.keystore import content_version
 from sidkeyd.log import get_logger
+from sidkeyd.redaction import backend_text
 from sidkeyd.sources import FetchResult, SecretValue, Unchanged
 from sidkeyd.sources.payload import key_from_mapping
 
@@ -76,7 +77,6 @@ BACKOFF_MIN_S: Final = 1.0
 BACKOFF_MAX_S: Final = 60.0
 EXPIRY_MARGIN_S: Final = 1.0  # a token this close to expiry is treated as expired before a read
 MAX_MESSAGE_CHARS: Final = 200
-REDACTED: Final = "[REDACTED]"
 
 T = TypeVar("T")
 
@@ -172,11 +172,7 @@ def _describe(exc: Exception, secrets: tuple[str, ...]) -> str:
     else:
         # requests' messages repeat the URL and the urllib3 internals: the class says enough.
         text = type(exc).__name__
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, REDACTED)
-    text = " ".join(text.split())
-    return text if len(text) <= MAX_MESSAGE_CHARS else text[:MAX_MESSAGE_CHARS] + "..."
+    return backend_text(text, secrets, MAX_MESSAGE_CHARS)
 
 
 class _Secret:
@@ -312,7 +308,7 @@ class VaultSource:
             response = self._client.secrets.kv.v1.read_secret(path=path, mount_point=mount)
         data = _mapping(_mapping(response, "response").get("data"), "secret data")
         api_key, partner_id = key_from_mapping(data, environment)
-        version = _content_version(api_key.reveal(), partner_id)
+        version = content_version("sidkeyd-vault-kv1-version", api_key.reveal(), partner_id)
         if version == held_version:
             return Unchanged(version)
         return SecretValue(api_key=api_key, partner_id=partner_id, version=version)
@@ -701,9 +697,3 @@ def _metadata_of_missing_version(exc: BaseException | None) -> Mapping[str, Any]
     if isinstance(metadata, dict) and (metadata.get("deletion_time") or metadata.get("destroyed")):
         return cast("Mapping[str, Any]", exc.json)
     return None
-
-
-def _content_version(api_key: str, partner_id: str | None) -> str:
-    digest = hashlib.sha256(b"sidkeyd-vault-kv1-version\x00" + api_key.encode("utf-8"))
-    digest.update(b"\x00" + (partner_id or "").encode("utf-8"))
-    return "sha256:" + digest.hexdigest()[:16]
