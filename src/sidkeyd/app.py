@@ -28,6 +28,7 @@ from sidkeyd.http import Request, Response, error_response, json_response
 from sidkeyd.log import get_logger, untrusted
 from sidkeyd.peer import Peer
 from sidkeyd.ratelimit import RateLimiter, retry_after
+from sidkeyd.rejections import RejectionLog
 from sidkeyd.rotation import Health, KeyManager, Trigger
 from sidkeyd.signing import TimestampClock, TimestampError, check_timestamp
 
@@ -71,6 +72,7 @@ class Application:
         *,
         clock: TimestampClock | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        rejections: RejectionLog | None = None,
     ) -> None:
         self._config = config
         self._manager = manager
@@ -89,6 +91,7 @@ class Application:
             else None
         )
         self._log = get_logger()
+        self.rejections = rejections or RejectionLog(self._log)
         self._routes: dict[str, dict[str, Callable[[Request], Result]]] = {
             "/v1/sign": {"POST": self.sign},
             "/v1/verify": {"POST": self.verify},
@@ -362,10 +365,9 @@ class Application:
         return error_response(status, code, message, **kw)
 
     def _log_rejection(self, request: Request, status: int, reason: str) -> None:
-        self._log.info(
-            "request.rejected",
-            status=status,
-            reason=reason,
+        self.rejections.reject(
+            status,
+            reason,
             method=untrusted(request.method, 16),
             path=untrusted(request.path, 128),
             **request.peer.log_fields(),

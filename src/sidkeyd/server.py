@@ -1,7 +1,12 @@
 """The daemon's lifecycle: bind, load keys, serve, and shut down gracefully.
 
 ``Server.serve()`` is the async entry point; ``run()`` is the sync one. Signals are captured
-here and only here: SIGTERM/SIGINT stop, SIGHUP forces a check of every environment.
+here and only here: SIGTERM/SIGINT/SIGQUIT stop, SIGHUP forces a check of every environment,
+and SIGUSR1/SIGUSR2/SIGALRM (whose default action would kill the daemon without a word and
+leave its socket behind) are logged and ignored.
+
+Shutdown has one budget, ``shutdown_timeout``, shared by draining connections and closing
+sources; backend calls still running after it are abandoned with the process.
 """
 
 from __future__ import annotations
@@ -18,10 +23,14 @@ from sidkeyd.config import Config
 from sidkeyd.keystore import KeyStore
 from sidkeyd.log import get_logger
 from sidkeyd.process import harden_process
+from sidkeyd.rejections import RejectionLog
 from sidkeyd.rotation import KeyManager, Trigger
 from sidkeyd.socketfile import bind_unix_socket, remove_socket
 from sidkeyd.sources import Source, build_source
 from sidkeyd.transport import ConnectionTracker, HttpProtocol, Limits
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+IGNORED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM)
 
 
 class Server:
@@ -72,17 +81,19 @@ class Server:
         }
         manager = self.manager = KeyManager(config, sources, self.store)
         tracker = ConnectionTracker(config.server.max_connections)
+        loop = asyncio.get_running_loop()
+        rejections = RejectionLog(self._log, schedule=loop.call_later)
         self._install_signal_handlers(manager)
+        deadline: float | None = None  # set when the shutdown starts
         try:
             await manager.start()
-            app = Application(config, manager)
+            app = Application(config, manager, rejections=rejections)
             limits = Limits(
                 max_header_bytes=config.server.max_header_bytes,
                 max_body_bytes=config.server.max_body_bytes,
                 read_timeout_s=config.server.read_timeout.total_seconds(),
                 idle_timeout_s=config.server.idle_timeout.total_seconds(),
             )
-            loop = asyncio.get_running_loop()
             server = await loop.create_unix_server(
                 lambda: HttpProtocol(app, limits, tracker), sock=sock
             )
@@ -94,13 +105,12 @@ class Server:
                 environments=sorted(config.environments),
             )
             await self._should_exit.wait()
+            deadline = loop.time() + config.server.shutdown_timeout.total_seconds()
             self._log.info("daemon.stopping", open_connections=len(tracker.connections))
             server.close()
             tracker.shutdown()
             try:
-                await asyncio.wait_for(
-                    tracker.drained.wait(), config.server.shutdown_timeout.total_seconds()
-                )
+                await asyncio.wait_for(tracker.drained.wait(), deadline - loop.time())
             except TimeoutError:
                 self._log.warning("daemon.shutdown_timeout", aborted=len(tracker.connections))
                 tracker.abort()
@@ -108,16 +118,28 @@ class Server:
             self._remove_signal_handlers()
             remove_socket(config.server.socket, inode)
             sock.close()
-            await manager.stop()
+            if deadline is None:  # start-up failed: the whole budget is left for the sources
+                deadline = loop.time() + config.server.shutdown_timeout.total_seconds()
+            await manager.stop(max(0.0, deadline - loop.time()))
+            rejections.flush(everything=True)
         self._log.info("daemon.stopped")
 
     def _install_signal_handlers(self, manager: KeyManager) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_exit)
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, lambda: manager.check_soon(Trigger.SIGNAL))
+        for sig in IGNORED_SIGNALS:
+            loop.add_signal_handler(sig, self._on_ignored_signal, sig)
+
+    def _on_stop_signal(self, sig: signal.Signals) -> None:
+        self._log.info("signal.received", signal=sig.name, action="stop")
+        self.request_exit()
+
+    def _on_ignored_signal(self, sig: signal.Signals) -> None:
+        self._log.warning("signal.ignored", signal=sig.name)
 
     def _remove_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (*STOP_SIGNALS, signal.SIGHUP, *IGNORED_SIGNALS):
             loop.remove_signal_handler(sig)

@@ -119,13 +119,18 @@ def parse_timestamp(text: str) -> datetime:
         raise TimestampError(f"timestamp is not a valid date-time: {exc}") from None
 
 
+# Every UTC offset in use lies within -12:00 (Baker Island) and +14:00 (Kiribati).
+_MIN_OFFSET, _MAX_OFFSET = timedelta(hours=-12), timedelta(hours=14)
+
+
 def _offset(text: str) -> timedelta:
     sign = -1 if text[0] == "-" else 1
     digits = text[1:].replace(":", "")
     hours, minutes = int(digits[:2]), int(digits[2:4] or 0)
-    if hours > 23 or minutes > 59:
-        raise ValueError("offset out of range")
-    return sign * timedelta(hours=hours, minutes=minutes)
+    offset = sign * timedelta(hours=hours, minutes=minutes)
+    if minutes > 59 or not _MIN_OFFSET <= offset <= _MAX_OFFSET:
+        raise ValueError("the UTC offset must lie within -12:00 and +14:00")
+    return offset
 
 
 def check_timestamp(text: str, now: datetime, skew: timedelta) -> None:

@@ -142,6 +142,19 @@ def test_refused_timestamp_forms(text: str) -> None:
         parse_timestamp(text)
 
 
+@pytest.mark.parametrize("offset", ["+14:00", "-12:00", "+05:45", "-09:30", "+0000"])
+def test_real_utc_offsets_are_accepted(offset: str) -> None:
+    """Every offset in use, Kiribati's +14:00 and Baker Island's -12:00 included."""
+    assert parse_timestamp(f"2026-11-25T22:04:11{offset}").utcoffset() is not None
+
+
+@pytest.mark.parametrize("offset", ["+14:01", "+23:59", "-12:01", "-23:59", "+15", "+05:60"])
+def test_offsets_no_place_uses_are_refused(offset: str) -> None:
+    """Offsets beyond -12:00...+14:00 name no real place: refused, not signed."""
+    with pytest.raises(TimestampError, match="-12:00 and \\+14:00"):
+        parse_timestamp(f"2026-11-25T22:04:11{offset}")
+
+
 def test_timestamp_outside_skew_is_refused() -> None:
     """Six minutes away with a five-minute skew is refused, either way."""
     skew = timedelta(minutes=5)
