@@ -144,6 +144,8 @@ def test_executable_policy_allows_python_and_refuses_curl(daemon: Daemon) -> Non
         daemon, STRANGER, NOGROUP, (), "POST", "/v1/sign", {"environment": "production"}
     )
     assert 200 == status
+    event = daemon.wait_for_event("signature.issued", environment="production")
+    assert (PYTHON, False) == (event["peer_exe"], event["peer_exe_verified"])
     curl = shutil.which("curl")
     if curl is None:
         pytest.skip("curl is not installed")
@@ -218,6 +220,14 @@ def test_daemon_is_hardened(daemon: Daemon) -> None:
     assert (0, 0) == limits
     event = daemon.wait_for_event("daemon.hardened")
     assert (False, False) == (event["dumpable"], event["core_dumps"])
+
+
+def test_executables_only_environment_is_warned_about(daemon: Daemon) -> None:
+    """production lists only executables, which any socket user can pass: warned at start."""
+    warnings = [e["message"] for e in daemon.events("config.warning")]
+    assert [True] == [
+        w.startswith("environments.production.allow: only executables") for w in warnings
+    ]
 
 
 def test_open_environment_is_warned_about(start_daemon) -> None:
