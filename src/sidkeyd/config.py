@@ -170,9 +170,22 @@ class Config:
 
     def warnings(self) -> list[str]:
         """Legal but risky choices, said by check-config and at startup."""
-        return [
-            f"environments.{name}: no [allow] table, so any process that can open the socket "
-            "may get its signatures"
-            for name, env in self.environments.items()
-            if env.allow is None
-        ]
+        warnings = []
+        for name, env in self.environments.items():
+            if env.allow is None:
+                warnings.append(
+                    f"environments.{name}: no [allow] table, so any process that can open the "
+                    "socket may get its signatures"
+                )
+            elif env.allow.executables_only:
+                warnings.append(f"environments.{name}.allow: {_EXECUTABLES_ONLY}")
+        if self.admin.executables_only:
+            warnings.append(f"admin: {_EXECUTABLES_ONLY}")
+        return warnings
+
+
+_EXECUTABLES_ONLY = (
+    "only executables are listed, and any process that can open the socket can pass that "
+    "check (exec an allowed binary after connecting, LD_PRELOAD, a user namespace); add uids, "
+    "users, gids or groups (docs/security.md)"
+)

@@ -8,6 +8,8 @@ import grp
 import os
 import socket
 import stat
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from sidkeyd.errors import SocketInUseError, UnsafeSocketPathError
@@ -56,39 +58,107 @@ def bind_unix_socket(
 ) -> socket.socket:
     """Bind and listen at ``path`` with ``mode`` and ``group``.
 
-    The socket is created under umask 0177 (owner-only) and only then widened to ``mode``, so
-    it is never reachable by more users than configured.
+    The socket is made with its final mode (by the umask) and group inside a fresh folder
+    that only this process can reach, then hard-linked into place. link(2) neither follows nor
+    replaces what is at ``path``: a file or symlink swapped in meanwhile is refused, and no
+    chmod or chown ever goes through the shared folder, where someone else could point it at
+    another file. The socket is never reachable by more users than configured.
     """
-    gid = -1
-    if group is not None:
-        try:
-            gid = grp.getgrnam(group).gr_gid
-        except KeyError:
-            raise UnsafeSocketPathError(f"socket group {group!r} does not exist") from None
+    gid = _group_id(group)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     _check_folder(path.parent)
     _clear_stale(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)
-    try:
-        sock.bind(str(path))
-    except OSError:
-        sock.close()
-        raise
-    finally:
-        os.umask(old_umask)
-    try:
-        if gid != -1:
-            os.chown(path, -1, gid)
-        os.chmod(path, mode)
-        sock.listen(backlog)
-    except OSError:
-        sock.close()
-        with contextlib.suppress(OSError):
-            path.unlink()
-        raise
+    with _private_folder(path.parent) as (private_fd, private_path):
+        sock = _bind_privately(private_fd, private_path, mode, gid)
+        try:
+            sock.listen(backlog)  # before it is reachable: a probe must never find it refusing
+            _link_into_place(private_fd, path)
+        except OSError:
+            sock.close()
+            raise
     sock.setblocking(False)
     return sock
+
+
+_NODE = "s"  # the socket's name inside the private folder
+
+
+def _group_id(group: str | None) -> int:
+    if group is None:
+        return -1
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise UnsafeSocketPathError(f"socket group {group!r} does not exist") from None
+
+
+@contextlib.contextmanager
+def _private_folder(folder: Path) -> Iterator[tuple[int, Path]]:
+    """A new 0700 folder beside the socket (same filesystem, for link), held open by fd."""
+    private = Path(tempfile.mkdtemp(prefix=".", dir=folder))
+    try:
+        fd = os.open(private, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.rmdir(private)
+        raise
+    try:
+        info = os.fstat(fd)
+        if info.st_uid != os.geteuid() or stat.S_IMODE(info.st_mode) != 0o700:
+            raise UnsafeSocketPathError(f"{private} was replaced while binding the socket")
+        yield fd, private
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(_NODE, dir_fd=fd)  # the private name; the one at the socket path stays
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.rmdir(private)
+
+
+def _bind_privately(private_fd: int, private_path: Path, mode: int, gid: int) -> socket.socket:
+    """Bind in the private folder; every later step goes through its fd, never a path."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        old_umask = os.umask(0o777 & ~mode)
+        try:
+            sock.bind(_bind_address(private_fd, private_path))
+        finally:
+            os.umask(old_umask)
+        try:
+            node = os.stat(_NODE, dir_fd=private_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            raise UnsafeSocketPathError(
+                f"{private_path} was replaced while binding the socket"
+            ) from None
+        if stat.S_IMODE(node.st_mode) != mode:  # a default ACL on the folder overrides the umask
+            os.chmod(_NODE, mode, dir_fd=private_fd)  # only we can add entries there
+        if gid != -1:
+            os.chown(_NODE, -1, gid, dir_fd=private_fd, follow_symlinks=False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _bind_address(private_fd: int, private_path: Path) -> str:
+    """The private path, or through /proc when that is too long for sun_path (107 bytes)."""
+    address = str(private_path / _NODE)
+    if len(os.fsencode(address)) <= _SUN_PATH_MAX:
+        return address
+    return f"/proc/self/fd/{private_fd}/{_NODE}"
+
+
+_SUN_PATH_MAX = 107
+
+
+def _link_into_place(private_fd: int, path: Path) -> None:
+    try:
+        os.link(_NODE, path, src_dir_fd=private_fd, follow_symlinks=False)
+    except FileExistsError:
+        raise UnsafeSocketPathError(
+            f"{path} appeared while binding: another daemon, or someone else who can write to "
+            f"{path.parent}"
+        ) from None
 
 
 def remove_socket(path: Path, inode: int) -> None:

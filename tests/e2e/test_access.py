@@ -12,6 +12,7 @@ import os
 import pwd
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -116,6 +117,55 @@ def request_as(
 SIGN_SANDBOX = ("POST", "/v1/sign", {"environment": "sandbox"})
 
 
+def sign_from_exited_peer(
+    daemon: Daemon, uid: int, gid: int, groups: tuple[int, ...]
+) -> tuple[int, int]:
+    """The connecting child exits before the daemon reads its credentials.
+
+    The daemon is stopped (SIGSTOP) while a child connects, sends a sandbox sign request,
+    forks a grandchild that keeps the socket to read the answer, and exits; the child is reaped,
+    so /proc/<pid> is gone, and only then does the daemon continue and accept. Returns the
+    status and the child's pid.
+    """
+    body = json.dumps({"environment": "sandbox"}).encode()
+    message = (
+        f"POST /v1/sign HTTP/1.1\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+    assert daemon.process is not None
+    read_end, write_end = os.pipe()
+    os.kill(daemon.process.pid, signal.SIGSTOP)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into pytest
+            try:
+                os.close(read_end)
+                os.setgroups(list(groups))
+                os.setgid(gid)
+                os.setuid(uid)
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.connect(str(daemon.socket_path))
+                sock.sendall(message)
+                if os.fork() == 0:  # the grandchild holds the socket and reads the answer
+                    sock.settimeout(10)
+                    os.write(write_end, read_all(sock))
+            except BaseException as exc:
+                os.write(write_end, f"CHILD-ERROR {exc!r}".encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        os.waitpid(pid, 0)
+        assert not os.path.exists(f"/proc/{pid}")
+    finally:
+        os.kill(daemon.process.pid, signal.SIGCONT)
+    chunks = []
+    while chunk := os.read(read_end, 65536):
+        chunks.append(chunk)
+    os.close(read_end)
+    data = b"".join(chunks)
+    assert not data.startswith(b"CHILD-ERROR"), data
+    return parse_responses(data)[0][0], pid
+
+
 def test_allowed_user_signs(daemon: Daemon) -> None:
     """nobody is listed in users: its signature request succeeds."""
     status, body = request_as(daemon, NOBODY, NOGROUP, (), *SIGN_SANDBOX)
@@ -138,12 +188,24 @@ def test_supplementary_group_is_allowed(daemon: Daemon) -> None:
     assert 200 == status
 
 
+def test_supplementary_group_counts_even_when_the_peer_exited_before_accept(
+    daemon: Daemon,
+) -> None:
+    """adm comes from SO_PEERGROUPS, which outlives the client: /proc no longer has it."""
+    status, pid = sign_from_exited_peer(daemon, STRANGER, NOGROUP, (ADM,))
+    assert 200 == status
+    event = daemon.wait_for_event("signature.issued", peer_pid=pid)
+    assert (STRANGER, None) == (event["peer_uid"], event["peer_exe"])
+
+
 def test_executable_policy_allows_python_and_refuses_curl(daemon: Daemon) -> None:
     """production allows only the Python binary: the Python child signs, curl does not."""
     status, _ = request_as(
         daemon, STRANGER, NOGROUP, (), "POST", "/v1/sign", {"environment": "production"}
     )
     assert 200 == status
+    event = daemon.wait_for_event("signature.issued", environment="production")
+    assert (PYTHON, False) == (event["peer_exe"], event["peer_exe_verified"])
     curl = shutil.which("curl")
     if curl is None:
         pytest.skip("curl is not installed")
@@ -218,6 +280,14 @@ def test_daemon_is_hardened(daemon: Daemon) -> None:
     assert (0, 0) == limits
     event = daemon.wait_for_event("daemon.hardened")
     assert (False, False) == (event["dumpable"], event["core_dumps"])
+
+
+def test_executables_only_environment_is_warned_about(daemon: Daemon) -> None:
+    """production lists only executables, which any socket user can pass: warned at start."""
+    warnings = [e["message"] for e in daemon.events("config.warning")]
+    assert [True] == [
+        w.startswith("environments.production.allow: only executables") for w in warnings
+    ]
 
 
 def test_open_environment_is_warned_about(start_daemon) -> None:

@@ -105,3 +105,16 @@ def test_serve_exits_3_when_the_socket_folder_cannot_be_made(tmp_path: Path) -> 
     assert 3 == result.returncode
     assert "daemon.failed" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_check_config_warns_about_an_executables_only_allow(tmp_path: Path) -> None:
+    """executables is no identity: check-config says so for an [allow] with nothing else."""
+    config = tmp_path / "exe-only.toml"
+    config.write_text(
+        '[sources.local]\ntype = "file"\npath = "keys.toml"\n'
+        '[environments.production]\nsource = "local"\nsecret = "x"\n'
+        f'[environments.production.allow]\nexecutables = ["{sys.executable}"]\n'
+    )
+    result = sidkeyd("check-config", "-c", str(config))
+    assert 0 == result.returncode, result.stderr
+    assert "warning: environments.production.allow: only executables are listed" in result.stdout

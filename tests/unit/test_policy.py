@@ -42,3 +42,14 @@ def test_unknown_executable_never_matches() -> None:
     """A peer whose exe could not be trusted (None) fails an executables policy."""
     untrusted = Peer(pid=10, uid=1000, gid=1000, exe=None)
     assert not AccessPolicy(executables=frozenset({"/usr/bin/node"})).permits(untrusted)
+
+
+def test_executables_only_is_a_policy_without_identity_rules() -> None:
+    """Only a policy with executables and neither uids nor gids is executables-only."""
+    node = frozenset({"/usr/bin/node"})
+    assert [True, False, False, False] == [
+        AccessPolicy(executables=node).executables_only,
+        AccessPolicy(uids=frozenset({1000}), executables=node).executables_only,
+        AccessPolicy(gids=frozenset({1000}), executables=node).executables_only,
+        AccessPolicy(uids=frozenset({1000})).executables_only,
+    ]

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import grp
 import os
 import socket
 import stat
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from sidkeyd import socketfile
 from sidkeyd.errors import SocketInUseError, UnsafeSocketPathError
 from sidkeyd.socketfile import bind_unix_socket, remove_socket
 from support.daemon import short_socket_dir
@@ -80,3 +86,88 @@ def test_remove_socket_leaves_a_replacement_alone(folder: Path) -> None:
         assert path.exists()
         remove_socket(path, inode=path.stat().st_ino)
     assert not path.exists()
+
+
+RACER = """
+import contextlib, os, stat, sys
+path, target = sys.argv[1], sys.argv[2]
+link = path + ".racer"
+os.symlink(target, link)
+sys.stdout.write("ready\\n")
+sys.stdout.flush()
+while True:
+    with contextlib.suppress(OSError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.rename(link, path)  # the symlink is made in advance: one call once seen
+            os.symlink(target, link)
+"""
+
+
+@pytest.fixture
+def racer(folder: Path) -> Iterator[tuple[Path, Path]]:
+    """Another process swaps a symlink to a private file in whenever the socket appears."""
+    path, target = folder / "raced.sock", folder / "secret"
+    target.write_text("root only")
+    os.chmod(target, 0o600)
+    process = subprocess.Popen(
+        [sys.executable, "-c", RACER, str(path), str(target)], stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    assert "ready\n" == process.stdout.readline()
+    yield path, target
+    process.kill()
+    process.wait()
+
+
+def test_a_symlink_swapped_in_during_bind_is_never_followed(racer: tuple[Path, Path]) -> None:
+    """1000 binds against a racer: the file behind its symlink keeps its mode and group."""
+    path, target = racer
+    group = "nogroup" if os.geteuid() == 0 else None
+    before = target.stat()
+    for _ in range(1000):
+        with contextlib.suppress(UnsafeSocketPathError, SocketInUseError, OSError):
+            bind_unix_socket(path, 0o660, group).close()
+        path.unlink(missing_ok=True)
+    after = target.stat()
+    assert (0o600, before.st_gid) == (stat.S_IMODE(after.st_mode), after.st_gid)
+    assert [] == [name for name in os.listdir(path.parent) if name.startswith(".")]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving the socket another group needs root")
+def test_socket_gets_the_configured_group_and_no_private_folder_is_left(folder: Path) -> None:
+    """The group is set before the socket is linked into place; the staging folder is gone."""
+    path = folder / "g.sock"
+    with bind_unix_socket(path, 0o660, "nogroup"):
+        info = path.lstat()
+        assert (grp.getgrnam("nogroup").gr_gid, 0o660) == (info.st_gid, stat.S_IMODE(info.st_mode))
+        assert ["g.sock"] == os.listdir(folder)
+
+
+def test_a_path_near_the_sun_path_limit_still_binds(folder: Path) -> None:
+    """The staging path is longer than the socket path; binding goes through /proc/self/fd."""
+    deep = folder / ("d" * (100 - len(str(folder)) - 2))
+    deep.mkdir()
+    path = deep / "s.sock"
+    assert 107 >= len(str(path)) > 107 - 11
+    with bind_unix_socket(path, 0o600, None) as sock:
+        assert 0o600 == stat.S_IMODE(path.lstat().st_mode)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(str(path))
+            sock.accept()[0].close()
+
+
+def test_a_file_that_appears_during_bind_is_not_replaced(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Something put at the path after the stale check is refused, not replaced or followed."""
+    path = folder / "late.sock"
+    clear_stale = socketfile._clear_stale
+
+    def then_a_symlink_appears(checked: Path) -> None:
+        clear_stale(checked)
+        checked.symlink_to(folder / "elsewhere")
+
+    monkeypatch.setattr(socketfile, "_clear_stale", then_a_symlink_appears)
+    with pytest.raises(UnsafeSocketPathError, match="appeared while binding"):
+        bind_unix_socket(path, 0o600, None)
+    assert (True, ["late.sock"]) == (path.is_symlink(), os.listdir(folder))
