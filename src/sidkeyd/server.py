@@ -75,7 +75,7 @@ class Server:
         sock = bind_unix_socket(
             config.server.socket, config.server.socket_mode, config.server.socket_group
         )
-        inode = os.stat(config.server.socket).st_ino
+        inode = os.lstat(config.server.socket).st_ino
         sources = self._sources or {
             name: build_source(source) for name, source in config.sources.items()
         }
