@@ -20,17 +20,20 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sidkeyd.config import Config
 from sidkeyd.errors import KeyUnavailableError
+from sidkeyd.freshness import Health, Trigger
 from sidkeyd.http import Request, Response, error_response, json_response
+from sidkeyd.keystore import KeySnapshot
 from sidkeyd.log import get_logger, untrusted
 from sidkeyd.peer import Peer
 from sidkeyd.ratelimit import RateLimiter, retry_after
 from sidkeyd.rejections import RejectionLog
-from sidkeyd.rotation import Health, KeyManager, Trigger
+from sidkeyd.rotation import CheckOutcome, ReportOutcome
 from sidkeyd.signing import TimestampClock, TimestampError, check_timestamp
+from sidkeyd.status import EnvironmentStatus
 
 Result = Response | Awaitable[Response]
 _DECODER = json.JSONDecoder()
@@ -60,22 +63,43 @@ def _is_utf8_text(value: str) -> bool:
     return True
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
+class Engine(Protocol):
+    """What the app needs of the rotation engine (``rotation.KeyManager``), and nothing more."""
+
+    @property
+    def environments(self) -> list[str]: ...
+
+    def __contains__(self, environment: object) -> bool: ...
+
+    def signing_key(self, environment: str) -> KeySnapshot: ...
+
+    def verification_keys(self, environment: str) -> list[KeySnapshot]: ...
+
+    def health(self, environment: str) -> tuple[Health, str | None]: ...
+
+    def status(self, environment: str) -> EnvironmentStatus: ...
+
+    async def report(
+        self, environment: str, key_version: str, status: str, **peer: Any
+    ) -> ReportOutcome: ...
+
+    async def check(
+        self, environment: str, trigger: Trigger, *, force: bool = False, **fields: Any
+    ) -> CheckOutcome: ...
 
 
 class Application:
     def __init__(
         self,
         config: Config,
-        manager: KeyManager,
+        engine: Engine,
         *,
         clock: TimestampClock | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         rejections: RejectionLog | None = None,
     ) -> None:
         self._config = config
-        self._manager = manager
+        self._engine = engine
         self._clock = clock or TimestampClock()
         self._now = now
         self._skew = config.server.timestamp_skew
@@ -144,7 +168,7 @@ class Application:
             timestamp = self._clock.now()
         else:
             self._check_timestamp(timestamp)
-        key = self._manager.signing_key(environment)
+        key = self._engine.signing_key(environment)
         signature = key.signer.sign(timestamp, key.partner_id)
         age = int(time.time() - key.loaded_epoch)
         self._log.info(
@@ -176,11 +200,11 @@ class Application:
                 "invalid_signature", f"signature must be at most {MAX_SIGNATURE_CHARS} characters"
             )
         matched = None
-        for key in self._manager.verification_keys(environment):
+        for key in self._engine.verification_keys(environment):
             if key.signer.verify(timestamp, key.partner_id, signature):
                 matched = key
                 break
-        current = self._manager.signing_key(environment)
+        current = self._engine.signing_key(environment)
         self._log.info(
             "signature.verified",
             environment=environment,
@@ -210,7 +234,7 @@ class Application:
     async def _report(
         self, environment: str, key_version: str, status: str, request: Request
     ) -> Response:
-        outcome = await self._manager.report(
+        outcome = await self._engine.report(
             environment,
             untrusted(key_version, 128),
             untrusted(status, 16),
@@ -241,7 +265,7 @@ class Application:
     async def _refresh(self, names: list[str], request: Request) -> Response:
         results = []
         for name in names:
-            outcome = await self._manager.check(
+            outcome = await self._engine.check(
                 name, Trigger.ADMIN, force=True, **request.peer.log_fields()
             )
             results.append(
@@ -261,8 +285,8 @@ class Application:
     def health(self, request: Request) -> Response:
         environments = {}
         usable = True
-        for name in self._config.environments:
-            health, reason = self._manager.health(name)
+        for name in self._engine.environments:
+            health, reason = self._engine.health(name)
             environments[name] = {"health": health.value, "reason": reason}
             usable = usable and health is not Health.UNAVAILABLE
         status = 200 if usable else 503
@@ -272,37 +296,10 @@ class Application:
 
     def environment_status(self, *, detailed: bool = True) -> dict[str, dict[str, Any]]:
         """Per-environment state; without ``detailed``, no fingerprints and no error reasons."""
-        out: dict[str, dict[str, Any]] = {}
-        now = self._now()
-        for name, state in self._manager.states().items():
-            health, reason = self._manager.health(name)
-            try:
-                key = self._manager.signing_key(name)
-            except KeyUnavailableError:
-                key = None
-            error = state.last_error
-            last_error: dict[str, str | None] | None = None
-            if error is not None:
-                last_error = {"kind": error.kind, "code": error.code}
-                if detailed:
-                    last_error.update(reason=error.reason, at=_iso(state.last_error_at))
-            out[name] = {
-                "health": health.value,
-                "reason": reason if detailed else None,
-                "source": state.source.name,
-                "partner_id": key.partner_id if key else state.config.partner_id,
-                "key_version": key.version if key else None,
-                "fingerprint": key.fingerprint if key and detailed else None,
-                "served_by": key.served_by if key else None,
-                "loaded_at": _iso(key.loaded_at) if key else None,
-                "key_age_s": int((now - key.loaded_at).total_seconds()) if key else None,
-                "last_success_at": _iso(state.last_success_at),
-                "last_attempt_at": _iso(state.last_attempt_at),
-                "next_check_at": _iso(self._manager.next_check_at(name)),
-                "consecutive_failures": state.consecutive_failures,
-                "last_error": last_error,
-            }
-        return out
+        return {
+            name: self._engine.status(name).to_json(detailed=detailed)
+            for name in self._engine.environments
+        }
 
     # -- request parsing -----------------------------------------------------------------
 
@@ -341,7 +338,7 @@ class Application:
     def _environment(self, body: dict[str, str], peer: Peer | None) -> str:
         """The requested environment, if it exists and ``peer`` (unless None) may use it."""
         name = body["environment"]
-        if name not in self._manager:
+        if name not in self._engine:
             raise BadRequest(
                 "unknown_environment", f"no environment {untrusted(name, 64)!r}", status=404
             )

@@ -25,6 +25,7 @@ from sidkeyd.errors import (
     UnsafeSocketPathError,
 )
 from sidkeyd.process import HardeningError
+from sidkeyd.status import EnvironmentStatus
 
 EXIT_OK, EXIT_NEGATIVE, EXIT_CONFIG, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
@@ -217,32 +218,11 @@ def _print_json(payload: object) -> None:
 
 def format_status(status: dict[str, Any]) -> str:
     """A human-readable view of ``GET /v1/status``."""
-    lines = []
-    for name, env in status["environments"].items():
-        lines.append(f"{name}: {env['health']}" + (f" ({env['reason']})" if env["reason"] else ""))
-        for label, key in (
-            ("partner id", "partner_id"),
-            ("key version", "key_version"),
-            ("fingerprint", "fingerprint"),
-            ("source", "source"),
-            ("served by", "served_by"),
-            ("loaded at", "loaded_at"),
-            ("last success", "last_success_at"),
-            ("next check", "next_check_at"),
-        ):
-            if env.get(key) is not None:
-                lines.append(f"  {label:<13}{env[key]}")
-        error = env.get("last_error")
-        lines.append(
-            "  last error   "
-            + (
-                "none"
-                if not error
-                else f"{error['kind']} {error['code']}"
-                + (f": {error['reason']}" if error.get("reason") else "")
-            )
-        )
-    return "\n".join(lines)
+    return "\n".join(
+        line
+        for name, data in status["environments"].items()
+        for line in EnvironmentStatus.from_json(name, data).lines()
+    )
 
 
 if __name__ == "__main__":

@@ -20,11 +20,12 @@ from collections.abc import Callable, Mapping
 from sidkeyd import __version__
 from sidkeyd.app import Application
 from sidkeyd.config import Config
+from sidkeyd.freshness import Trigger
 from sidkeyd.keystore import KeyStore
 from sidkeyd.log import get_logger
 from sidkeyd.process import harden_process
 from sidkeyd.rejections import RejectionLog
-from sidkeyd.rotation import KeyManager, Trigger
+from sidkeyd.rotation import KeyManager
 from sidkeyd.socketfile import bind_unix_socket, remove_socket
 from sidkeyd.sources import Source, build_source
 from sidkeyd.transport import ConnectionTracker, HttpProtocol, Limits
@@ -79,7 +80,12 @@ class Server:
         sources = self._sources or {
             name: build_source(source) for name, source in config.sources.items()
         }
-        manager = self.manager = KeyManager(config, sources, self.store)
+        manager = self.manager = KeyManager(
+            config.environments,
+            sources,
+            self.store,
+            shutdown_timeout_s=config.server.shutdown_timeout.total_seconds(),
+        )
         tracker = ConnectionTracker(config.server.max_connections)
         loop = asyncio.get_running_loop()
         rejections = RejectionLog(self._log, schedule=loop.call_later)

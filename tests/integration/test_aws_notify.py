@@ -14,17 +14,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from types import MappingProxyType
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
-from sidkeyd.config import AwsSourceConfig, Config, EnvironmentConfig, RefreshConfig
+from sidkeyd.config import AwsSourceConfig, EnvironmentConfig, RefreshConfig
 from sidkeyd.keystore import KeyStore
 from sidkeyd.rotation import KeyManager
 from sidkeyd.sources import WatchingSource
 from sidkeyd.sources.aws import AwsSource, parse_change_event
+from support.engine import make_manager
 from support.moto_server import (
     ACCOUNT,
     MotoEndpoint,
@@ -92,13 +92,7 @@ def manager_for(
     environment = EnvironmentConfig(
         name="sandbox", source="aws", secret=secret, partner_id="085", refresh=refresh
     )
-    config = Config(
-        refresh=refresh,
-        sources=MappingProxyType({"aws": source_config("unused")}),
-        environments=MappingProxyType({"sandbox": environment}),
-    )
-    store = KeyStore()
-    return KeyManager(config, {"aws": aws}, store, hostname="test"), store
+    return make_manager({"aws": aws}, environment)
 
 
 def found(logs: Logs, event: str, match: dict[str, Any]) -> dict[str, Any] | None:

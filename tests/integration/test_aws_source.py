@@ -6,13 +6,12 @@ import asyncio
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import MappingProxyType
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
-from sidkeyd.config import Config, EnvironmentConfig
+from sidkeyd.config import EnvironmentConfig
 from sidkeyd.errors import (
     AccessLostError,
     InvalidSecretError,
@@ -23,6 +22,7 @@ from sidkeyd.keystore import KeyStore
 from sidkeyd.rotation import KeyManager, Trigger
 from sidkeyd.sources import SecretValue, Unchanged
 from sidkeyd.sources.aws import AwsSource
+from support.engine import make_manager
 from support.moto_server import MotoEndpoint, closed_port_url, source_config
 from support.tls import tls_hangup_url
 
@@ -466,12 +466,7 @@ def test_fallback_without_the_replica_stays_transient(
 def engine_for(aws: AwsSource, name: str) -> tuple[KeyManager, KeyStore]:
     """A KeyManager with one environment on ``aws`` and a real KeyStore, not started."""
     environment = env_config(name, partner_id="085")
-    config = Config(
-        sources=MappingProxyType({"aws": source_config(None)}),
-        environments=MappingProxyType({"sandbox": environment}),
-    )
-    store = KeyStore()
-    return KeyManager(config, {"aws": aws}, store, hostname="test"), store
+    return make_manager({"aws": aws}, environment)
 
 
 def failed_check_keeps_the_key(aws: AwsSource, name: str, break_it: Any) -> list[dict[str, Any]]:

@@ -20,16 +20,16 @@ import pytest
 import structlog
 
 from sidkeyd.config import (
-    Config,
     EnvironmentConfig,
     VaultAuthConfig,
     VaultSourceConfig,
 )
 from sidkeyd.errors import AccessLostError, PermanentSourceError, TransientSourceError
 from sidkeyd.keystore import KeyStore
-from sidkeyd.rotation import KeyManager, Trigger
+from sidkeyd.rotation import Trigger
 from sidkeyd.sources import SecretValue, Unchanged
 from sidkeyd.sources.vault import VaultSource
+from support.engine import make_manager
 from support.openbao_server import CountingProxy, OpenBao, free_port
 from support.tls import tls_hangup_url
 
@@ -255,11 +255,7 @@ def test_new_kv2_version_rotates_the_key_on_next_check(
     store = KeyStore()
 
     async def scenario() -> tuple[str | None, str | None]:
-        manager = KeyManager(
-            Config(environments={"sandbox": env}),
-            {"vault": source},
-            store,
-        )
+        manager, _ = make_manager({"vault": source}, env, store=store)
         first = await manager.check("sandbox", Trigger.STARTUP)
         openbao.kv2_put(kv2.path, {"api_key": "key-two", "partner_id": "085"})
         second = await manager.check("sandbox", Trigger.SCHEDULE)
@@ -337,9 +333,7 @@ def test_deleted_latest_version_keeps_the_last_good_key(
     store = KeyStore()
 
     async def scenario() -> tuple[str | None, str]:
-        manager = KeyManager(
-            Config(environments={"sandbox": environment(kv2)}), {"vault": source}, store
-        )
+        manager, _ = make_manager({"vault": source}, environment(kv2), store=store)
         await manager.check("sandbox", Trigger.STARTUP)
         openbao.admin.secrets.kv.v2.delete_latest_version_of_secret(kv2.path)
         outcome = await manager.check("sandbox", Trigger.SCHEDULE)

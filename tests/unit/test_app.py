@@ -13,10 +13,9 @@ import pytest
 from sidkeyd.app import Application
 from sidkeyd.config import Config, EnvironmentConfig, FileSourceConfig
 from sidkeyd.http import Request, Response
-from sidkeyd.keystore import KeyStore
 from sidkeyd.peer import Peer
-from sidkeyd.rotation import KeyManager
 from sidkeyd.signing import TimestampClock, compute_signature
+from support.engine import make_manager
 from support.fakes import FakeSource
 
 NOW = datetime(2026, 11, 25, 22, 4, 11, 123000, tzinfo=UTC)
@@ -35,7 +34,7 @@ def app():
         sources=MappingProxyType({"fake": FileSourceConfig(name="fake", path=__file__)}),  # type: ignore[arg-type]
         environments=MappingProxyType({"sandbox": env}),
     )
-    manager = KeyManager(config, {"fake": source}, KeyStore())
+    manager, _ = make_manager({"fake": source}, env)
     loop = asyncio.new_event_loop()
     loop.run_until_complete(manager.start())
     clock = TimestampClock(lambda: int(NOW.timestamp() * 1000) * 1_000_000)

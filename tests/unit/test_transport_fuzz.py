@@ -27,9 +27,8 @@ from structlog.testing import capture_logs
 
 from sidkeyd.app import Application
 from sidkeyd.config import Config, EnvironmentConfig, FileSourceConfig
-from sidkeyd.keystore import KeyStore
-from sidkeyd.rotation import KeyManager
 from sidkeyd.transport import ConnectionTracker, HttpProtocol, Limits
+from support.engine import make_manager
 from support.fakes import FakeSource
 
 T = TypeVar("T")
@@ -125,7 +124,7 @@ class Server:
             sources=MappingProxyType({"fake": FileSourceConfig(name="fake", path=Path(__file__))}),
             environments=MappingProxyType({"sandbox": env}),
         )
-        self.manager = KeyManager(self.config, {"fake": self.source}, KeyStore())
+        self.manager, _ = make_manager({"fake": self.source}, env)
         self.loop = asyncio.new_event_loop()
         self.run(self.manager.start())
         self.app = Application(self.config, self.manager)
