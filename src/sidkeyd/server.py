@@ -64,14 +64,19 @@ class Server:
         for warning in config.warnings():
             self._log.warning("config.warning", message=warning)
         sock = bind_unix_socket(
-            config.server.socket, config.server.socket_mode, config.server.socket_group
+            config.server.socket,
+            config.server.socket_mode,
+            config.server.socket_group,
+            backlog=config.server.backlog,
         )
         inode = os.stat(config.server.socket).st_ino
         sources = self._sources or {
             name: build_source(source) for name, source in config.sources.items()
         }
         manager = self.manager = KeyManager(config, sources, self.store)
-        tracker = ConnectionTracker(config.server.max_connections)
+        tracker = ConnectionTracker(
+            config.server.max_connections, config.server.max_connections_per_uid
+        )
         self._install_signal_handlers(manager)
         try:
             await manager.start()
@@ -81,10 +86,14 @@ class Server:
                 max_body_bytes=config.server.max_body_bytes,
                 read_timeout_s=config.server.read_timeout.total_seconds(),
                 idle_timeout_s=config.server.idle_timeout.total_seconds(),
+                write_timeout_s=config.server.write_timeout.total_seconds(),
             )
             loop = asyncio.get_running_loop()
+            # create_unix_server listens again; without the backlog it would cut it to 100.
             server = await loop.create_unix_server(
-                lambda: HttpProtocol(app, limits, tracker), sock=sock
+                lambda: HttpProtocol(app, limits, tracker),
+                sock=sock,
+                backlog=config.server.backlog,
             )
             self._log.info(
                 "daemon.started",

@@ -68,6 +68,7 @@ CLOSING_CODES = frozenset(
         "length_required",
         "request_timeout",
         "too_many_connections",
+        "too_many_connections_for_uid",
     }
 )
 
@@ -107,6 +108,12 @@ class FakeTransport:
 
     def resume_reading(self) -> None:
         self.paused = False
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0  # everything written is sent at once
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default
