@@ -29,10 +29,15 @@ class ServerConfig:
     socket_group: str | None = None
     timestamp_skew: timedelta = timedelta(minutes=5)
     max_connections: int = 256
+    # One uid cannot take every slot. Left out of the file, min(64, max_connections).
+    max_connections_per_uid: int = 64
+    backlog: int = 1024  # listen() queue of connections not yet accepted
     max_header_bytes: int = 8 * 1024
     max_body_bytes: int = 64 * 1024
     read_timeout: timedelta = timedelta(seconds=10)
     idle_timeout: timedelta = timedelta(seconds=60)
+    # Unsent responses that do not drain for this long: the client is not reading; abort.
+    write_timeout: timedelta = timedelta(seconds=10)
     shutdown_timeout: timedelta = timedelta(seconds=10)
     sign_rate_limit: float = 0.0  # signatures per second per peer uid; 0 is no limit
     sign_rate_burst: int = 0  # 0 means one second's worth

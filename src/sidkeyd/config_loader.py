@@ -87,16 +87,29 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path, path: Path | None =
 
 def _server(table: _Table) -> ServerConfig:
     d = ServerConfig()
+    max_connections = table.integer("max_connections", d.max_connections, 1, 1_000_000)
+    per_uid_default = min(d.max_connections_per_uid, max_connections)
+    per_uid = table.integer("max_connections_per_uid", per_uid_default, 1, 1_000_000)
+    if per_uid > max_connections:
+        table.problem(
+            "max_connections_per_uid", f"must not be over max_connections ({max_connections})"
+        )
+        per_uid = per_uid_default
     config = ServerConfig(
         socket=table.path("socket", d.socket) or d.socket,
         socket_mode=table.mode("socket_mode", d.socket_mode),
         socket_group=table.optional_str("socket_group"),
         timestamp_skew=table.duration("timestamp_skew", d.timestamp_skew),
-        max_connections=table.integer("max_connections", d.max_connections, 1, 1_000_000),
+        max_connections=max_connections,
+        max_connections_per_uid=per_uid,
+        backlog=table.integer("backlog", d.backlog, 1, 65535),
         max_header_bytes=table.integer("max_header_bytes", d.max_header_bytes, 256, 1 << 20),
         max_body_bytes=table.integer("max_body_bytes", d.max_body_bytes, 64, 16 << 20),
         read_timeout=table.duration("read_timeout", d.read_timeout),
         idle_timeout=table.duration("idle_timeout", d.idle_timeout),
+        write_timeout=table.duration(
+            "write_timeout", d.write_timeout, minimum=timedelta(milliseconds=100)
+        ),
         shutdown_timeout=table.duration("shutdown_timeout", d.shutdown_timeout),
         sign_rate_limit=table.number("sign_rate_limit", d.sign_rate_limit, 0.0, 1e9),
         sign_rate_burst=table.integer("sign_rate_burst", d.sign_rate_burst, 0, 1_000_000_000),

@@ -74,7 +74,10 @@ class Server:
         for warning in config.warnings():
             self._log.warning("config.warning", message=warning)
         sock = bind_unix_socket(
-            config.server.socket, config.server.socket_mode, config.server.socket_group
+            config.server.socket,
+            config.server.socket_mode,
+            config.server.socket_group,
+            backlog=config.server.backlog,
         )
         inode = os.lstat(config.server.socket).st_ino
         sources = self._sources or {
@@ -86,7 +89,9 @@ class Server:
             self.store,
             shutdown_timeout_s=config.server.shutdown_timeout.total_seconds(),
         )
-        tracker = ConnectionTracker(config.server.max_connections)
+        tracker = ConnectionTracker(
+            config.server.max_connections, config.server.max_connections_per_uid
+        )
         loop = asyncio.get_running_loop()
         rejections = RejectionLog(self._log, schedule=loop.call_later)
         self._install_signal_handlers(manager)
@@ -99,9 +104,13 @@ class Server:
                 max_body_bytes=config.server.max_body_bytes,
                 read_timeout_s=config.server.read_timeout.total_seconds(),
                 idle_timeout_s=config.server.idle_timeout.total_seconds(),
+                write_timeout_s=config.server.write_timeout.total_seconds(),
             )
+            # create_unix_server listens again; without the backlog it would cut it to 100.
             server = await loop.create_unix_server(
-                lambda: HttpProtocol(app, limits, tracker), sock=sock
+                lambda: HttpProtocol(app, limits, tracker),
+                sock=sock,
+                backlog=config.server.backlog,
             )
             self._log.info(
                 "daemon.started",

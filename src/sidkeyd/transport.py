@@ -1,13 +1,17 @@
 """HTTP/1.1 over the Unix socket: an ``asyncio.Protocol`` around httptools' llhttp parser.
 
-Thin by design: framing, limits, timeouts, pipelining and keep-alive live here; what a request
-means lives in ``app``. Peer credentials are read once per connection.
+Thin by design: framing, limits, timeouts, pipelining, keep-alive and backpressure live here;
+what a request means lives in ``app``. Peer credentials are read once per connection.
+
+Backpressure: a connection whose unsent responses pass ``WRITE_BUFFER_HIGH`` stops being read
+and dispatched until they drain below ``WRITE_BUFFER_LOW``, so what a client that never reads
+costs is bounded; if they do not drain within ``write_timeout`` the connection is aborted.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import cast
@@ -20,6 +24,13 @@ from sidkeyd.log import get_logger
 from sidkeyd.peer import UNKNOWN_PEER, Peer, read_peer_credentials
 
 MAX_PIPELINED = 32
+# Unsent response bytes per connection: above HIGH the connection is neither read nor
+# dispatched for; it resumes below LOW. A sign response is ~250 bytes.
+WRITE_BUFFER_HIGH = 64 * 1024
+WRITE_BUFFER_LOW = 16 * 1024
+# A larger read is parsed a slice at a time, so that requests stop being parsed (and queued)
+# as soon as the connection is backlogged; the rest waits, bounded by one read.
+FEED_SLICE = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -28,24 +39,42 @@ class Limits:
     max_body_bytes: int
     read_timeout_s: float
     idle_timeout_s: float
+    write_timeout_s: float = 10.0
 
 
 class ConnectionTracker:
     """The server's view of its open connections, for limits and graceful shutdown."""
 
-    def __init__(self, max_connections: int) -> None:
+    def __init__(self, max_connections: int, max_connections_per_uid: int | None = None) -> None:
         self.max_connections = max_connections
+        self.max_connections_per_uid = max_connections_per_uid or max_connections
         self.connections: set[HttpProtocol] = set()
+        self._per_uid: Counter[int] = Counter()
         self.closing = False
         self.drained = asyncio.Event()
         self.drained.set()
 
+    def refusal(self, peer: Peer) -> tuple[str, str] | None:
+        """Why a new connection from ``peer`` must be refused, as (code, message), or None."""
+        if self.closing or len(self.connections) >= self.max_connections:
+            return "too_many_connections", "connection limit reached"
+        if self._per_uid[peer.uid] >= self.max_connections_per_uid:
+            return "too_many_connections_for_uid", "connection limit for this uid reached"
+        return None
+
     def add(self, protocol: HttpProtocol) -> None:
         self.connections.add(protocol)
+        self._per_uid[protocol.peer.uid] += 1
         self.drained.clear()
 
     def remove(self, protocol: HttpProtocol) -> None:
-        self.connections.discard(protocol)
+        if protocol not in self.connections:
+            return  # a refused connection was never added
+        self.connections.remove(protocol)
+        uid = protocol.peer.uid
+        self._per_uid[uid] -= 1
+        if not self._per_uid[uid]:
+            del self._per_uid[uid]
         if not self.connections:
             self.drained.set()
 
@@ -80,6 +109,10 @@ class HttpProtocol(asyncio.Protocol):
         self._queue: deque[tuple[Request, bool]] = deque()
         self._busy = False
         self._closing = False
+        self._eof = False  # the client half-closed: answer what it sent, then close
+        self._write_paused = False  # unsent responses are over WRITE_BUFFER_HIGH
+        self._held: memoryview | None = None  # received, not yet parsed (see FEED_SLICE)
+        self._write_timer: asyncio.TimerHandle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0
         # The timer never sleeps longer than the shortest timeout, so re-arming is a store.
@@ -100,35 +133,104 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- connection events ---------------------------------------------------------------
 
+    @property
+    def peer(self) -> Peer:
+        return self._peer
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast("asyncio.Transport", transport)  # uvloop's is not a subclass
+        self._transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH, low=WRITE_BUFFER_LOW)
         self._peer = read_peer_credentials(transport.get_extra_info("socket"))
-        if self._tracker.closing or len(self._tracker.connections) >= self._tracker.max_connections:
-            self._log.warning(
-                "request.rejected", reason="too_many_connections", **self._peer.log_fields()
-            )
+        refusal = self._tracker.refusal(self._peer)
+        if refusal is not None:
+            code, message = refusal
+            self._log.warning("request.rejected", reason=code, **self._peer.log_fields())
             self._transport.write(
-                encode_response(
-                    error_response(503, "too_many_connections", "connection limit reached"),
-                    keep_alive=False,
-                )
+                encode_response(error_response(503, code, message), keep_alive=False)
             )
-            self._transport.close()
-            self._transport = None
+            self._close()
             return
         self._tracker.add(self)
         self._arm_timer(self._limits.idle_timeout_s)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
+        self._cancel_write_timer()
         self._tracker.remove(self)
         self._transport = None
+        self._held = None
+
+    def eof_received(self) -> bool:
+        """The client shut down its sending side: answer what it sent, then close.
+
+        Returning True keeps the transport open for the responses still to come (an awaited
+        route's, and those pipelined behind it); the close follows the last one.
+        """
+        self._eof = True
+        self._closing = True
+        if not self._busy and not self._queue and self._transport is not None:
+            self._close()
+        return True
+
+    def pause_writing(self) -> None:
+        """Unsent responses passed WRITE_BUFFER_HIGH: stop reading and dispatching."""
+        self._write_paused = True
+        self._update_reading()
+        self._arm_write_timer()
+
+    def resume_writing(self) -> None:
+        """Below WRITE_BUFFER_LOW again: answer what is queued, then parse and read on."""
+        self._write_paused = False
+        self._cancel_write_timer()
+        transport = self._transport
+        if transport is None:
+            return
+        if transport.is_closing():
+            if transport.get_write_buffer_size():
+                self._arm_write_timer()  # what is left must drain in time too
+            return
+        if not self._busy:
+            self._run_queue()
+        self._feed_held()
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
-        if not self._in_message:
-            self._arm_timer(self._limits.read_timeout_s)
+        # No timer is armed here: bytes between requests (stray CRLFs, which the parser
+        # skips) must not keep an idle connection open; on_message_begin arms the read timer.
+        if self._held is None and len(data) <= FEED_SLICE:
+            self._feed(data)
+            return
+        held = bytes(self._held) + data if self._held is not None else data
+        self._held = memoryview(held)
+        self._feed_held()
+
+    def _feed_held(self) -> None:
+        """Parse held bytes a slice at a time while the connection is not backlogged."""
+        while self._held is not None and not self._backlogged():
+            piece, rest = self._held[:FEED_SLICE], self._held[FEED_SLICE:]
+            self._held = rest if len(rest) else None
+            self._feed(bytes(piece))
+        self._update_reading()
+
+    def _backlogged(self) -> bool:
+        return (
+            self._write_paused
+            or len(self._queue) > MAX_PIPELINED
+            or self._closing
+            or self._transport is None
+        )
+
+    def _update_reading(self) -> None:
+        """Read only while nothing is held back; unread bytes wait in the kernel's buffer."""
+        if self._transport is None or self._eof:
+            return
+        if self._held is not None or self._write_paused or len(self._queue) > MAX_PIPELINED:
+            self._transport.pause_reading()
+        else:
+            self._transport.resume_reading()
+
+    def _feed(self, data: bytes) -> None:
         self._chunk_body_bytes = 0
         try:
             self._parser.feed_data(data)
@@ -223,7 +325,7 @@ class HttpProtocol(asyncio.Protocol):
     # -- dispatch ------------------------------------------------------------------------
 
     def _run_queue(self) -> None:
-        while self._queue and not self._busy and self._transport is not None:
+        while self._queue and not (self._busy or self._write_paused or self._transport is None):
             request, keep_alive = self._queue.popleft()
             result = self._app.handle(request)
             if isinstance(result, Response):
@@ -233,9 +335,9 @@ class HttpProtocol(asyncio.Protocol):
                 self._loop.create_task(self._finish(result, keep_alive))
                 return
         if self._transport is not None and not self._queue:
-            self._transport.resume_reading()
+            self._update_reading()
             if self._closing:
-                self._transport.close()
+                self._close()
             elif not self._in_message:
                 self._arm_timer(self._limits.idle_timeout_s)
             elif self._timer is None:
@@ -250,6 +352,7 @@ class HttpProtocol(asyncio.Protocol):
         self._busy = False
         self._send(response, keep_alive)
         self._run_queue()
+        self._feed_held()
 
     def _send(self, response: Response, keep_alive: bool) -> None:
         if self._transport is None or self._transport.is_closing():
@@ -257,9 +360,16 @@ class HttpProtocol(asyncio.Protocol):
         keep_alive = keep_alive and not response.close and not self._tracker.closing
         self._transport.write(encode_response(response, keep_alive=keep_alive))
         if not keep_alive:
-            self._closing = True
             self._queue.clear()
-            self._transport.close()
+            self._close()
+
+    def _close(self) -> None:
+        """Close once the unsent responses are out, but wait for them write_timeout at most."""
+        assert self._transport is not None
+        self._closing = True
+        self._transport.close()
+        if self._transport.get_write_buffer_size():
+            self._arm_write_timer()
 
     def _fail(self, status: int, code: str, message: str) -> None:
         """Framing is lost: answer if we can, then close."""
@@ -304,17 +414,46 @@ class HttpProtocol(asyncio.Protocol):
 
     def _on_timeout(self) -> None:
         self._timer = None
-        if self._transport is None or self._busy:
+        # While responses cannot be sent, the write timer decides; the read and idle timers
+        # are re-armed when dispatch resumes.
+        if self._transport is None or self._busy or self._write_paused:
             return
         if self._in_message:
             self._fail(408, "request_timeout", "request not received in time")
         else:
-            self._transport.close()
+            self._log.debug("connection.closed", reason="idle_timeout", **self._peer.log_fields())
+            self._close()
+
+    def _arm_write_timer(self) -> None:
+        if self._write_timer is None:
+            self._write_timer = self._loop.call_later(
+                self._limits.write_timeout_s, self._on_write_timeout
+            )
+
+    def _cancel_write_timer(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _on_write_timeout(self) -> None:
+        """Unsent responses did not drain in time: the client is not reading. Free the slot."""
+        self._write_timer = None
+        if self._transport is None:
+            return
+        self._log.warning(
+            "connection.closed",
+            reason="write_timeout",
+            unsent_bytes=self._transport.get_write_buffer_size(),
+            **self._peer.log_fields(),
+        )
+        self._closing = True
+        self._queue.clear()
+        self._transport.abort()
 
     def close_when_idle(self) -> None:
         self._closing = True
         if not self._busy and not self._in_message and self._transport is not None:
-            self._transport.close()
+            self._close()
 
     def abort(self) -> None:
         if self._transport is not None:

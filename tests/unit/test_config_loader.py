@@ -265,3 +265,46 @@ def test_open_environments_are_warned_about() -> None:
     warnings = parse(MINIMAL).warnings()
     assert 1 == len(warnings)
     assert warnings[0].startswith("environments.sandbox")
+
+
+def test_transport_limits_get_their_documented_defaults() -> None:
+    """write_timeout 10s, max_connections_per_uid 64 and backlog 1024 when left out."""
+    server = parse(MINIMAL).server
+    assert (timedelta(seconds=10), 64, 1024) == (
+        server.write_timeout,
+        server.max_connections_per_uid,
+        server.backlog,
+    )
+
+
+def test_transport_limits_take_valid_values() -> None:
+    """Each new [server] limit is read from the file."""
+    server = parse(
+        MINIMAL
+        + '[server]\nwrite_timeout = "1500ms"\nmax_connections = 20\n'
+        + "max_connections_per_uid = 5\nbacklog = 4096\n"
+    ).server
+    assert (timedelta(milliseconds=1500), 5, 4096) == (
+        server.write_timeout,
+        server.max_connections_per_uid,
+        server.backlog,
+    )
+
+
+def test_the_per_uid_default_is_capped_by_max_connections() -> None:
+    """With max_connections under 64 and no per-uid limit, the per-uid limit is the total."""
+    assert 20 == parse(MINIMAL + "[server]\nmax_connections = 20\n").server.max_connections_per_uid
+
+
+def test_invalid_transport_limits_are_named_with_their_paths() -> None:
+    """A per-uid limit over the total, a tiny write_timeout and a zero backlog are problems."""
+    found = problems(
+        MINIMAL
+        + '[server]\nwrite_timeout = "10ms"\nmax_connections = 20\n'
+        + "max_connections_per_uid = 21\nbacklog = 0\n"
+    )
+    assert {
+        "server.write_timeout": "must be at least 0.1s",
+        "server.max_connections_per_uid": "must not be over max_connections (20)",
+        "server.backlog": "must be between 1 and 65535, not 0",
+    } == {key: reason for key, reason in found.items() if key.startswith("server.")}

@@ -67,6 +67,7 @@ CLOSING_CODES = frozenset(
         "length_required",
         "request_timeout",
         "too_many_connections",
+        "too_many_connections_for_uid",
     }
 )
 
@@ -106,6 +107,12 @@ class FakeTransport:
 
     def resume_reading(self) -> None:
         self.paused = False
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0  # everything written is sent at once
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default
@@ -387,6 +394,72 @@ def test_a_request_left_incomplete_behind_a_slow_response_still_times_out(
 
     replies = server.run(conversation())
     assert [(200, None), (408, "request_timeout")] == [(r.status, r.code) for r in replies]
+
+
+class SlowReaderTransport(FakeTransport):
+    """A peer that reads nothing until ``drain()``: writes pile up as unsent bytes and the
+    protocol is paused and resumed at its write buffer limits, as a real transport does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.protocol: HttpProtocol | None = None
+        self.unsent = 0
+        self.high = self.low = 0
+        self.writing_paused = False
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.high, self.low = high or 0, low or 0
+
+    def get_write_buffer_size(self) -> int:
+        return self.unsent
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.unsent += len(data)
+        if self.unsent > self.high and not self.writing_paused:
+            self.writing_paused = True
+            assert self.protocol is not None
+            self.protocol.pause_writing()
+
+    def drain(self) -> None:
+        self.unsent = 0
+        if self.writing_paused:
+            self.writing_paused = False
+            assert self.protocol is not None
+            self.protocol.resume_writing()
+
+
+def test_a_client_that_does_not_read_is_not_read_from_until_it_drains(
+    fresh_server: Server,
+) -> None:
+    """Past the write buffer's high mark nothing more is answered or read; after each drain
+    the rest is answered, in order, until every pipelined request has its answer."""
+    server = fresh_server
+    pipelined = HEALTH * (300 * 1024 // len(HEALTH))  # one large read of small requests
+    count = len(pipelined) // len(HEALTH)
+
+    async def conversation() -> tuple[list[int], int, int, bool, bytes]:
+        transport = SlowReaderTransport()
+        protocol = HttpProtocol(server.app, LIMITS, ConnectionTracker(10))
+        transport.protocol = protocol
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol.data_received(pipelined)
+        answered = [len(parse_replies(bytes(transport.written)))]
+        first_unsent, reading_paused = transport.unsent, transport.paused
+        drains = 0
+        while len(parse_replies(bytes(transport.written))) < count and drains < 1000:
+            transport.drain()
+            drains += 1
+            answered.append(len(parse_replies(bytes(transport.written))))
+        protocol.connection_lost(None)
+        return answered, transport.high, first_unsent, reading_paused, bytes(transport.written)
+
+    answered, high, first_unsent, reading_paused, written = server.run(conversation())
+    replies = parse_replies(written)
+    reply_size = len(written) // count
+    assert (True, True) == (reading_paused, first_unsent <= high + reply_size)
+    assert [200] * count == [reply.status for reply in replies]
+    assert all(later > earlier for earlier, later in itertools.pairwise(answered))
 
 
 # -- strategies ------------------------------------------------------------------------------
