@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from sidkeyd import __version__
 from sidkeyd.app import Application
 from sidkeyd.config import Config
+from sidkeyd.connections import ConnectionTracker, Limits
 from sidkeyd.freshness import Trigger
 from sidkeyd.keystore import KeyStore
 from sidkeyd.log import get_logger
@@ -28,7 +29,7 @@ from sidkeyd.rejections import RejectionLog
 from sidkeyd.rotation import KeyManager
 from sidkeyd.socketfile import bind_unix_socket, remove_socket
 from sidkeyd.sources import Source, build_source
-from sidkeyd.transport import ConnectionTracker, HttpProtocol, Limits
+from sidkeyd.transport import HttpProtocol
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 IGNORED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM)
@@ -108,7 +109,7 @@ class Server:
             )
             # create_unix_server listens again; without the backlog it would cut it to 100.
             server = await loop.create_unix_server(
-                lambda: HttpProtocol(app, limits, tracker),
+                lambda: HttpProtocol(app.handle, limits, tracker, rejections),
                 sock=sock,
                 backlog=config.server.backlog,
             )

@@ -1,7 +1,9 @@
 """HTTP/1.1 over the Unix socket: an ``asyncio.Protocol`` around httptools' llhttp parser.
 
-Thin by design: framing, limits, timeouts, pipelining, keep-alive and backpressure live here;
-what a request means lives in ``app``. Peer credentials are read once per connection.
+Thin by design: flow (pipelining, keep-alive, backpressure, half-close), timeouts and the
+connection caps live here; framing and its size limits are ``framing.RequestReader``; what a
+request means is the ``Handler``'s (``app.Application.handle``). Peer credentials are read once
+per connection.
 
 Backpressure: a connection whose unsent responses pass ``WRITE_BUFFER_HIGH`` stops being read
 and dispatched until they drain below ``WRITE_BUFFER_LOW``, so what a client that never reads
@@ -11,17 +13,28 @@ costs is bounded; if they do not drain within ``write_timeout`` the connection i
 from __future__ import annotations
 
 import asyncio
-from collections import Counter, deque
-from collections.abc import Awaitable
-from dataclasses import dataclass
-from typing import cast
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, cast
 
-import httptools
-
-from sidkeyd.app import Application
+from sidkeyd.connections import ConnectionTracker, Limits
+from sidkeyd.framing import Refused, RequestReader
 from sidkeyd.http import Request, Response, encode_response, error_response
 from sidkeyd.log import get_logger
 from sidkeyd.peer import UNKNOWN_PEER, Peer, read_peer_credentials
+
+__all__ = ["ConnectionTracker", "Handler", "HttpProtocol", "Limits", "Rejections"]
+
+# What answers a request (``app.Application.handle``): a response, or an awaitable of one for
+# the routes that wait on a backend.
+Handler = Callable[[Request], Response | Awaitable[Response]]
+
+
+class Rejections(Protocol):
+    """Where refused requests are recorded (``rejections.RejectionLog``)."""
+
+    def reject(self, status: int, reason: str, **fields: Any) -> None: ...
+
 
 MAX_PIPELINED = 32
 # Unsent response bytes per connection: above HIGH the connection is neither read nor
@@ -33,103 +46,36 @@ WRITE_BUFFER_LOW = 16 * 1024
 FEED_SLICE = 16 * 1024
 
 
-@dataclass(frozen=True)
-class Limits:
-    max_header_bytes: int
-    max_body_bytes: int
-    read_timeout_s: float
-    idle_timeout_s: float
-    write_timeout_s: float = 10.0
-
-
-class ConnectionTracker:
-    """The server's view of its open connections, for limits and graceful shutdown."""
-
-    def __init__(self, max_connections: int, max_connections_per_uid: int | None = None) -> None:
-        self.max_connections = max_connections
-        self.max_connections_per_uid = max_connections_per_uid or max_connections
-        self.connections: set[HttpProtocol] = set()
-        self._per_uid: Counter[int] = Counter()
-        self.closing = False
-        self.drained = asyncio.Event()
-        self.drained.set()
-
-    def refusal(self, peer: Peer) -> tuple[str, str] | None:
-        """Why a new connection from ``peer`` must be refused, as (code, message), or None."""
-        if self.closing or len(self.connections) >= self.max_connections:
-            return "too_many_connections", "connection limit reached"
-        if self._per_uid[peer.uid] >= self.max_connections_per_uid:
-            return "too_many_connections_for_uid", "connection limit for this uid reached"
-        return None
-
-    def add(self, protocol: HttpProtocol) -> None:
-        self.connections.add(protocol)
-        self._per_uid[protocol.peer.uid] += 1
-        self.drained.clear()
-
-    def remove(self, protocol: HttpProtocol) -> None:
-        if protocol not in self.connections:
-            return  # a refused connection was never added
-        self.connections.remove(protocol)
-        uid = protocol.peer.uid
-        self._per_uid[uid] -= 1
-        if not self._per_uid[uid]:
-            del self._per_uid[uid]
-        if not self.connections:
-            self.drained.set()
-
-    def shutdown(self) -> None:
-        """Close idle connections now; busy ones close after their current response."""
-        self.closing = True
-        for protocol in list(self.connections):
-            protocol.close_when_idle()
-
-    def abort(self) -> None:
-        for protocol in list(self.connections):
-            protocol.abort()
-
-
-class _Refused(Exception):
-    """Raised from parser callbacks: the request cannot be handled and framing is lost."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        self.status, self.code, self.message = status, code, message
-        super().__init__(message)
-
-
 class HttpProtocol(asyncio.Protocol):
-    def __init__(self, app: Application, limits: Limits, tracker: ConnectionTracker) -> None:
-        self._app = app
+    def __init__(
+        self, handle: Handler, limits: Limits, tracker: ConnectionTracker, rejections: Rejections
+    ) -> None:
+        # For the connection's lifetime.
+        self._handle = handle
         self._limits = limits
         self._tracker = tracker
+        self._rejections = rejections
         self._loop = asyncio.get_running_loop()
-        self._parser = httptools.HttpRequestParser(self)
+        self._reader = RequestReader(
+            limits.max_header_bytes, limits.max_body_bytes, self._request_began, self._received
+        )
         self._transport: asyncio.Transport | None = None
         self._peer: Peer = UNKNOWN_PEER
-        self._queue: deque[tuple[Request, bool]] = deque()
-        self._busy = False
+        self._log = get_logger()
+        # Flow: what may be read, answered, and when the connection ends.
         self._closing = False
         self._eof = False  # the client half-closed: answer what it sent, then close
         self._write_paused = False  # unsent responses are over WRITE_BUFFER_HIGH
         self._held: memoryview | None = None  # received, not yet parsed (see FEED_SLICE)
-        self._write_timer: asyncio.TimerHandle | None = None
+        # Dispatch: parsed requests waiting, and whether one is being answered off the loop.
+        self._queue: deque[tuple[Request, bool]] = deque()
+        self._busy = False
+        # Timers: one for read and idle (its deadline moves; it never sleeps longer than the
+        # shortest timeout, so re-arming is a store), one for writes that do not drain.
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0
-        # The timer never sleeps longer than the shortest timeout, so re-arming is a store.
         self._tick = min(limits.read_timeout_s, limits.idle_timeout_s)
-        self._partial_line = 0  # bytes of a head line httptools holds until it is complete
-        self._chunk_body_bytes = 0  # body bytes parsed from the chunk being fed
-        self._log = get_logger()
-        self._reset_message()
-
-    def _reset_message(self) -> None:
-        self._url = b""
-        self._header_bytes = 0
-        self._body: list[bytes] = []
-        self._body_bytes = 0
-        self._has_length = False
-        self._in_message = False
-        self._in_head = False  # between message begin and headers complete
+        self._write_timer: asyncio.TimerHandle | None = None
 
     # -- connection events ---------------------------------------------------------------
 
@@ -144,7 +90,7 @@ class HttpProtocol(asyncio.Protocol):
         refusal = self._tracker.refusal(self._peer)
         if refusal is not None:
             code, message = refusal
-            self._log.warning("request.rejected", reason=code, **self._peer.log_fields())
+            self._rejections.reject(503, code, **self._peer.log_fields())
             self._transport.write(
                 encode_response(error_response(503, code, message), keep_alive=False)
             )
@@ -197,7 +143,7 @@ class HttpProtocol(asyncio.Protocol):
         if self._closing:
             return
         # No timer is armed here: bytes between requests (stray CRLFs, which the parser
-        # skips) must not keep an idle connection open; on_message_begin arms the read timer.
+        # skips) must not keep an idle connection open; the start of a request arms it.
         if self._held is None and len(data) <= FEED_SLICE:
             self._feed(data)
             return
@@ -231,92 +177,18 @@ class HttpProtocol(asyncio.Protocol):
             self._transport.resume_reading()
 
     def _feed(self, data: bytes) -> None:
-        self._chunk_body_bytes = 0
         try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserCallbackError as exc:
-            # httptools wraps what a callback raised; the original is the context.
-            cause = exc.__context__
-            if isinstance(cause, _Refused):
-                self._fail(cause.status, cause.code, cause.message)
-            else:
-                self._log.error("request.failed", error=repr(cause))
-                self._fail(500, "internal_error", "the daemon failed to handle the request")
-        except httptools.HttpParserUpgrade:
-            self._fail(400, "upgrade_not_supported", "protocol upgrades are not supported")
-        except httptools.HttpParserError as exc:
-            self._fail(400, "malformed_request", f"malformed HTTP request: {exc}")
-        else:
-            self._check_partial_line(data)
+            self._reader.feed(data)
+        except Refused as refused:
+            self._fail(refused.status, refused.code, refused.message)
 
-    def _check_partial_line(self, data: bytes) -> None:
-        """Bound a head line still arriving: httptools reports it only once complete.
+    # -- from the reader -----------------------------------------------------------------
 
-        The length since the last newline is the same however the bytes were split.
-        """
-        if not self._in_head:
-            self._partial_line = 0
-            return
-        newline = data.rfind(b"\n")
-        if newline < 0:
-            self._partial_line += len(data)
-        else:
-            # A pipelined body without a newline may stand between that newline and this
-            # message's first byte; its bytes are not part of the line.
-            tail = len(data) - newline - 1
-            self._partial_line = max(0, tail - self._chunk_body_bytes)
-        if self._partial_line > self._limits.max_header_bytes:
-            limit = self._limits.max_header_bytes
-            self._fail(431, "headers_too_large", f"request headers are over {limit} bytes")
-
-    # -- parser callbacks ----------------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        self._reset_message()
-        self._in_message = True
-        self._in_head = True
+    def _request_began(self) -> None:
         self._arm_timer(self._limits.read_timeout_s)
 
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-        self._count_header_bytes(len(url))
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_header_bytes(len(name) + len(value))
-        lowered = name.lower()
-        if lowered == b"content-length":
-            self._has_length = True
-            if value.strip().isdigit() and int(value) > self._limits.max_body_bytes:
-                raise self._too_large()
-        elif lowered == b"transfer-encoding":
-            self._has_length = True
-
-    def on_headers_complete(self) -> None:
-        self._in_head = False
-        # Refused here, before the request is handled: llhttp would complete an upgrade
-        # request without its body and leave the rest of the bytes to the new protocol.
-        if self._parser.should_upgrade():
-            raise _Refused(400, "upgrade_not_supported", "protocol upgrades are not supported")
-
-    def on_body(self, body: bytes) -> None:
-        self._body_bytes += len(body)
-        self._chunk_body_bytes += len(body)
-        if self._body_bytes > self._limits.max_body_bytes:
-            raise self._too_large()
-        self._body.append(body)
-
-    def on_message_complete(self) -> None:
-        self._in_message = False
-        method = self._parser.get_method().decode("ascii", "replace")
-        try:
-            path = httptools.parse_url(self._url).path.decode("utf-8")
-        except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
-            raise _Refused(400, "malformed_request", "request target is not a valid path") from None
-        keep_alive = self._parser.should_keep_alive()
-        if method in ("POST", "PUT", "PATCH") and not self._has_length:
-            raise _Refused(411, "length_required", "a request body needs Content-Length")
-        request = Request(method, path, b"".join(self._body), self._peer)
-        self._queue.append((request, keep_alive))
+    def _received(self, method: str, path: str, body: bytes, keep_alive: bool) -> None:
+        self._queue.append((Request(method, path, body, self._peer), keep_alive))
         if len(self._queue) > MAX_PIPELINED and self._transport is not None:
             self._transport.pause_reading()
         if not self._busy:
@@ -327,7 +199,7 @@ class HttpProtocol(asyncio.Protocol):
     def _run_queue(self) -> None:
         while self._queue and not (self._busy or self._write_paused or self._transport is None):
             request, keep_alive = self._queue.popleft()
-            result = self._app.handle(request)
+            result = self._handle(request)
             if isinstance(result, Response):
                 self._send(result, keep_alive)
             else:
@@ -338,7 +210,7 @@ class HttpProtocol(asyncio.Protocol):
             self._update_reading()
             if self._closing:
                 self._close()
-            elif not self._in_message:
+            elif not self._reader.in_message:
                 self._arm_timer(self._limits.idle_timeout_s)
             elif self._timer is None:
                 self._on_timeout()  # the read timeout passed while a response was pending
@@ -373,24 +245,14 @@ class HttpProtocol(asyncio.Protocol):
 
     def _fail(self, status: int, code: str, message: str) -> None:
         """Framing is lost: answer if we can, then close."""
-        self._log.info("request.rejected", status=status, reason=code, **self._peer.log_fields())
-        self._in_message = False
+        self._rejections.reject(status, code, **self._peer.log_fields())
+        self._reader.abandon()
         if self._busy:
             self._closing = True  # the pending response goes out first, then the close
             self._queue.clear()
             return
         self._queue.clear()
         self._send(error_response(status, code, message, close=True), keep_alive=False)
-
-    def _too_large(self) -> _Refused:
-        limit = self._limits.max_body_bytes
-        return _Refused(413, "body_too_large", f"request body is over {limit} bytes")
-
-    def _count_header_bytes(self, size: int) -> None:
-        self._header_bytes += size
-        if self._header_bytes > self._limits.max_header_bytes:
-            limit = self._limits.max_header_bytes
-            raise _Refused(431, "headers_too_large", f"request headers are over {limit} bytes")
 
     # -- timers and shutdown -------------------------------------------------------------
 
@@ -418,7 +280,7 @@ class HttpProtocol(asyncio.Protocol):
         # are re-armed when dispatch resumes.
         if self._transport is None or self._busy or self._write_paused:
             return
-        if self._in_message:
+        if self._reader.in_message:
             self._fail(408, "request_timeout", "request not received in time")
         else:
             self._log.debug("connection.closed", reason="idle_timeout", **self._peer.log_fields())
@@ -452,7 +314,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def close_when_idle(self) -> None:
         self._closing = True
-        if not self._busy and not self._in_message and self._transport is not None:
+        if not self._busy and not self._reader.in_message and self._transport is not None:
             self._close()
 
     def abort(self) -> None:

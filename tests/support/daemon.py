@@ -60,6 +60,7 @@ class Daemon:
         self.log_path = log_path
         ALL_LOGS.append(log_path)
         self.process: subprocess.Popen[bytes] | None = None
+        self.stopped = False  # stop() was called: an exit from then on is no death
         self._clients: list[Client] = []
 
     @classmethod
@@ -108,6 +109,14 @@ class Daemon:
             if all(event.get(k) == v for k, v in match.items()):
                 out.append(event)
         return out
+
+    def rejections(self, reason: str) -> int:
+        """How many requests were refused for ``reason``: full lines plus aggregated repeats."""
+        full = len(self.events("request.rejected", reason=reason))
+        repeated = sum(
+            e["repeated"] for e in self.events("request.rejected_repeated", reason=reason)
+        )
+        return full + repeated
 
     def wait_for_event(
         self, name: str, *, count: int = 1, timeout: float = DEFAULT_TIMEOUT, **match: Any
@@ -188,6 +197,7 @@ class Daemon:
         self.process.send_signal(sig)
 
     def stop(self, timeout: float = DEFAULT_TIMEOUT) -> int:
+        self.stopped = True
         for client in self._clients:
             client.close()
         if self.process is None:

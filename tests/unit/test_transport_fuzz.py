@@ -27,7 +27,8 @@ from structlog.testing import capture_logs
 
 from sidkeyd.app import Application
 from sidkeyd.config import Config, EnvironmentConfig, FileSourceConfig
-from sidkeyd.transport import ConnectionTracker, HttpProtocol, Limits
+from sidkeyd.connections import ConnectionTracker, Limits
+from sidkeyd.transport import HttpProtocol
 from support.engine import make_manager
 from support.fakes import FakeSource
 
@@ -214,11 +215,16 @@ async def settle(baseline: set[asyncio.Task[Any]]) -> None:
     raise AssertionError("responses never finished")
 
 
+def connection(app: Application, limits: Limits) -> HttpProtocol:
+    """A connection as the server makes one, with room for ten."""
+    return HttpProtocol(app.handle, limits, ConnectionTracker(10), app.rejections)
+
+
 async def converse(app: Application, chunks: Sequence[bytes], limits: Limits) -> Outcome:
     """Open a connection, feed ``chunks`` one ``data_received`` at a time, let it settle."""
     baseline = asyncio.all_tasks()
     transport = FakeTransport()
-    protocol = HttpProtocol(app, limits, ConnectionTracker(10))
+    protocol = connection(app, limits)
     with capture_logs() as logs:
         protocol.connection_made(transport)  # type: ignore[arg-type]
         for chunk in chunks:
@@ -381,7 +387,9 @@ def test_a_request_left_incomplete_behind_a_slow_response_still_times_out(
     async def conversation() -> list[Reply]:
         loop = asyncio.get_running_loop()
         transport = FakeTransport()
-        protocol = HttpProtocol(server.app, limits, ConnectionTracker(10))
+        protocol = HttpProtocol(
+            server.app.handle, limits, ConnectionTracker(10), server.app.rejections
+        )
         protocol.connection_made(transport)  # type: ignore[arg-type]
         protocol.data_received(report + b"GET /v1/hea")
         assert await loop.run_in_executor(None, server.source.entered.wait, 10)
@@ -440,7 +448,9 @@ def test_a_client_that_does_not_read_is_not_read_from_until_it_drains(
 
     async def conversation() -> tuple[list[int], int, int, bool, bytes]:
         transport = SlowReaderTransport()
-        protocol = HttpProtocol(server.app, LIMITS, ConnectionTracker(10))
+        protocol = HttpProtocol(
+            server.app.handle, LIMITS, ConnectionTracker(10), server.app.rejections
+        )
         transport.protocol = protocol
         protocol.connection_made(transport)  # type: ignore[arg-type]
         protocol.data_received(pipelined)
