@@ -11,8 +11,8 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import NoReturn
 
+from sidkeyd.held import HeldSecret
 from sidkeyd.signing import Signer
 
 _FINGERPRINT_PREFIX = b"sidkeyd-fingerprint-v1\x00"
@@ -47,25 +47,19 @@ def content_version(purpose: str, api_key: str, partner_id: str | None) -> str:
     return version
 
 
-class ApiKey:
+class ApiKey(HeldSecret):
     """Key material on its way from a source to the store. Never printed, never pickled."""
 
-    __slots__ = ("_value", "fingerprint")
+    __slots__ = ("fingerprint",)
 
     def __init__(self, value: str) -> None:
-        self._value = value
+        super().__init__(value)
         self.fingerprint = fingerprint(value)
-
-    def reveal(self) -> str:
-        return self._value
 
     def __repr__(self) -> str:
         return f"ApiKey(fingerprint={self.fingerprint!r})"
 
     __str__ = __repr__
-
-    def __reduce__(self) -> NoReturn:
-        raise TypeError("ApiKey cannot be pickled")
 
 
 @dataclass(frozen=True, slots=True)
