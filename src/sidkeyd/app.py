@@ -16,14 +16,14 @@ that the sign path never creates a task.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from sidkeyd.checks import CheckOutcome
 from sidkeyd.config import Config
-from sidkeyd.errors import KeyUnavailableError
+from sidkeyd.errors import BadRequest, KeyUnavailableError, TimestampError
 from sidkeyd.freshness import Health, Trigger
 from sidkeyd.http import Request, Response, error_response, json_response
 from sidkeyd.keystore import KeySnapshot
@@ -31,36 +31,16 @@ from sidkeyd.log import get_logger, untrusted
 from sidkeyd.peer import Peer
 from sidkeyd.ratelimit import RateLimiter, retry_after
 from sidkeyd.rejections import RejectionLog
-from sidkeyd.rotation import CheckOutcome, ReportOutcome
-from sidkeyd.signing import TimestampClock, TimestampError, check_timestamp
+from sidkeyd.rotation import ReportOutcome
+from sidkeyd.signing import TimestampClock, check_timestamp
 from sidkeyd.status import EnvironmentStatus
+from sidkeyd.validation import (
+    MAX_SIGNATURE_CHARS,
+    MAX_TIMESTAMP_CHARS,
+    parse_fields,
+)
 
 Result = Response | Awaitable[Response]
-_DECODER = json.JSONDecoder()
-MAX_SIGNATURE_CHARS = 128
-MAX_TIMESTAMP_CHARS = 64
-
-
-class BadRequest(Exception):
-    def __init__(
-        self,
-        code: str,
-        message: str,
-        status: int = 400,
-        headers: tuple[tuple[str, str], ...] = (),
-    ) -> None:
-        self.code = code
-        self.response = error_response(status, code, message, headers=headers)
-        super().__init__(message)
-
-
-def _is_utf8_text(value: str) -> bool:
-    """JSON's \\ud800 escapes decode to lone surrogates, which no UTF-8 encoder accepts."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 class Engine(Protocol):
@@ -143,8 +123,8 @@ class Application:
         try:
             return handler(request)
         except BadRequest as exc:
-            self._log_rejection(request, exc.response.status, exc.code)
-            return exc.response
+            self._log_rejection(request, exc.status, exc.code)
+            return error_response(exc.status, exc.code, exc.message, headers=exc.headers)
         except KeyUnavailableError as exc:
             self._log_rejection(request, 503, exc.code)
             return error_response(503, exc.code, exc.message)
@@ -152,7 +132,7 @@ class Application:
     # -- handlers ------------------------------------------------------------------------
 
     def sign(self, request: Request) -> Response:
-        body = self._fields(request, required=("environment",), optional=("timestamp",))
+        body = parse_fields(request.body, required=("environment",), optional=("timestamp",))
         environment = self._environment(body, request.peer)
         if self._limiter is not None:
             wait = self._limiter.acquire(request.peer.uid)
@@ -188,7 +168,7 @@ class Application:
         return Response(200, payload)
 
     def verify(self, request: Request) -> Response:
-        body = self._fields(request, required=("environment", "timestamp", "signature"))
+        body = parse_fields(request.body, required=("environment", "timestamp", "signature"))
         environment = self._environment(body, request.peer)
         timestamp, signature = body["timestamp"], body["signature"]
         if not timestamp or len(timestamp) > MAX_TIMESTAMP_CHARS:
@@ -225,8 +205,8 @@ class Application:
         )
 
     def report(self, request: Request) -> Result:
-        body = self._fields(
-            request, required=("environment", "key_version", "status"), allow_int=("status",)
+        body = parse_fields(
+            request.body, required=("environment", "key_version", "status"), allow_int=("status",)
         )
         environment = self._environment(body, request.peer)
         return self._report(environment, body["key_version"], str(body["status"]), request)
@@ -254,7 +234,7 @@ class Application:
     def refresh(self, request: Request) -> Result:
         if not self._admin.permits(request.peer):
             raise BadRequest("forbidden", "refresh is for admin peers only", status=403)
-        body = self._fields(request, required=(), optional=("environment",), allow_empty=True)
+        body = parse_fields(request.body, required=(), optional=("environment",), allow_empty=True)
         names = (
             [self._environment(body, peer=None)]  # admins may refresh any environment
             if "environment" in body
@@ -303,38 +283,6 @@ class Application:
 
     # -- request parsing -----------------------------------------------------------------
 
-    def _fields(
-        self,
-        request: Request,
-        *,
-        required: tuple[str, ...],
-        optional: tuple[str, ...] = (),
-        allow_empty: bool = False,
-        allow_int: tuple[str, ...] = (),
-    ) -> dict[str, str]:
-        if not request.body and allow_empty:
-            return {}
-        try:
-            body = _DECODER.decode(request.body.decode())
-        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the decoder
-            raise BadRequest("invalid_json", "request body must be a JSON object") from None
-        if not isinstance(body, dict):
-            raise BadRequest("invalid_json", "request body must be a JSON object")
-        unknown = sorted(set(body) - set(required) - set(optional))
-        if unknown:
-            raise BadRequest("invalid_request", f"unknown field {untrusted(unknown[0], 64)!r}")
-        for name in required:
-            if name not in body:
-                raise BadRequest("invalid_request", f"field {name!r} is required")
-        for name, value in body.items():
-            if isinstance(value, int) and not isinstance(value, bool) and name in allow_int:
-                body[name] = str(value)
-            elif not isinstance(value, str):
-                raise BadRequest("invalid_request", f"field {name!r} must be a string")
-            elif not value.isascii() and not _is_utf8_text(value):
-                raise BadRequest("invalid_request", f"field {name!r} has an unpaired surrogate")
-        return body
-
     def _environment(self, body: dict[str, str], peer: Peer | None) -> str:
         """The requested environment, if it exists and ``peer`` (unless None) may use it."""
         name = body["environment"]
@@ -353,7 +301,7 @@ class Application:
         try:
             check_timestamp(timestamp, self._now(), self._skew)
         except TimestampError as exc:
-            raise BadRequest("invalid_timestamp", str(exc)) from None
+            raise BadRequest(exc.code, exc.message) from None
 
     def _reject(
         self, request: Request, status: int, code: str, message: str, **kw: Any

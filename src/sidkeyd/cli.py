@@ -16,15 +16,14 @@ from typing import Any
 
 from sidkeyd import __version__
 from sidkeyd.client import Client
-from sidkeyd.config import DEFAULT_CONFIG_PATH, Config
+from sidkeyd.config import Config
+from sidkeyd.defaults import DEFAULT_CONFIG_PATH, DEFAULT_SOCKET_PATH
 from sidkeyd.errors import (
     ConfigError,
     DaemonUnavailableError,
     RequestFailedError,
-    SocketInUseError,
-    UnsafeSocketPathError,
+    StartupError,
 )
-from sidkeyd.process import HardeningError
 from sidkeyd.status import EnvironmentStatus
 
 EXIT_OK, EXIT_NEGATIVE, EXIT_CONFIG, EXIT_UNAVAILABLE = 0, 1, 2, 3
@@ -53,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--socket",
             default=None,
-            help="daemon socket (default: $SIDKEYD_SOCKET, else /run/sidkeyd/sidkeyd.sock)",
+            help=f"daemon socket (default: $SIDKEYD_SOCKET, else {DEFAULT_SOCKET_PATH})",
         )
 
     serve = commands.add_parser(
@@ -148,8 +147,8 @@ def _serve(path: Path) -> int:
     store = KeyStore()
     configure_logging(config.log, store.secrets)
     try:
-        Server(config, store=store).run()
-    except (SocketInUseError, UnsafeSocketPathError, HardeningError) as exc:
+        Server(config, store).run()
+    except StartupError as exc:
         get_logger().error("daemon.failed", reason=str(exc))
         return EXIT_UNAVAILABLE
     except OSError as exc:  # e.g. the socket's folder cannot be created or written

@@ -13,9 +13,20 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sidkeyd.errors import DaemonUnavailableError, RequestFailedError
+from sidkeyd.defaults import DEFAULT_SOCKET_PATH
+from sidkeyd.errors import ClientError, DaemonUnavailableError, RequestFailedError
+from sidkeyd.status import EnvironmentStatus
 
-DEFAULT_SOCKET = "/run/sidkeyd/sidkeyd.sock"
+__all__ = [
+    "DEFAULT_SOCKET_PATH",
+    "Client",
+    "ClientError",
+    "DaemonUnavailableError",
+    "EnvironmentStatus",
+    "RequestFailedError",
+    "Signature",
+]
+
 T = TypeVar("T")
 
 
@@ -33,7 +44,7 @@ def is_unauthorized(response: object) -> bool:
 
 
 def default_socket_path() -> str:
-    return os.environ.get("SIDKEYD_SOCKET") or DEFAULT_SOCKET
+    return os.environ.get("SIDKEYD_SOCKET") or str(DEFAULT_SOCKET_PATH)
 
 
 class Client:
@@ -59,7 +70,15 @@ class Client:
         return self._ok(*self.request("POST", "/v1/verify", body))
 
     def status(self) -> dict[str, Any]:
+        """The raw ``GET /v1/status`` answer (``{"environments": {name: {...}}}``)."""
         return self._ok(*self.request("GET", "/v1/status"))
+
+    def environments(self) -> dict[str, EnvironmentStatus]:
+        """The status of each environment, typed (fields a non-admin may not see are None)."""
+        return {
+            name: EnvironmentStatus.from_json(name, data)
+            for name, data in self.status()["environments"].items()
+        }
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         status, payload = self.request("GET", "/v1/health")

@@ -14,10 +14,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
 
+from sidkeyd.defaults import DEFAULT_SOCKET_PATH
 from sidkeyd.policy import AccessPolicy
-
-DEFAULT_CONFIG_PATH = Path("/etc/sidkeyd/sidkeyd.toml")
-DEFAULT_SOCKET_PATH = Path("/run/sidkeyd/sidkeyd.sock")
 
 PayloadFormat = Literal["auto", "json", "plain"]
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 from sidkeyd.config import (
     AwsSourceConfig,
@@ -30,11 +30,10 @@ from sidkeyd.config import (
     VaultSourceConfig,
     default_admin,
 )
-from sidkeyd.durations import parse_duration
+from sidkeyd.config_table import TomlTable
 from sidkeyd.errors import ConfigError, ConfigProblem
 from sidkeyd.policy import AccessPolicy
 
-T = TypeVar("T")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -54,7 +53,7 @@ def load_config(path: Path) -> Config:
 def parse_config(data: Mapping[str, Any], *, base_dir: Path, path: Path | None = None) -> Config:
     """Validate already-parsed TOML data."""
     problems: list[ConfigProblem] = []
-    root = _Table(data, "", problems, base_dir)
+    root = TomlTable(data, "", problems, base_dir)
     server = _server(root.table("server"))
     refresh = _refresh(root.table("refresh"), RefreshConfig())
     log_table = root.table("log")
@@ -85,7 +84,7 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path, path: Path | None =
     )
 
 
-def _server(table: _Table) -> ServerConfig:
+def _server(table: TomlTable) -> ServerConfig:
     d = ServerConfig()
     max_connections = table.integer("max_connections", d.max_connections, 1, 1_000_000)
     per_uid_default = min(d.max_connections_per_uid, max_connections)
@@ -119,7 +118,7 @@ def _server(table: _Table) -> ServerConfig:
     return config
 
 
-def _refresh(table: _Table, base: RefreshConfig, *, finish: bool = True) -> RefreshConfig:
+def _refresh(table: TomlTable, base: RefreshConfig, *, finish: bool = True) -> RefreshConfig:
     config = RefreshConfig(
         interval=table.duration("interval", base.interval, minimum=timedelta(seconds=1)),
         jitter=table.number("jitter", base.jitter, 0.0, 1.0),
@@ -137,7 +136,7 @@ def _refresh(table: _Table, base: RefreshConfig, *, finish: bool = True) -> Refr
     return config
 
 
-def _source(name: str, table: _Table) -> SourceConfig | None:
+def _source(name: str, table: TomlTable) -> SourceConfig | None:
     if not _NAME.fullmatch(name):
         table.problem("", "source names use letters, digits, '_', '.' and '-' (64 at most)")
     kind = table.choice("type", ("file", "aws", "vault"), None)
@@ -157,7 +156,7 @@ def _source(name: str, table: _Table) -> SourceConfig | None:
     return source
 
 
-def _aws_source(name: str, table: _Table) -> AwsSourceConfig:
+def _aws_source(name: str, table: TomlTable) -> AwsSourceConfig:
     d = AwsSourceConfig(name=name, region="")
     region = table.required_str("region")
     return AwsSourceConfig(
@@ -177,7 +176,7 @@ def _aws_source(name: str, table: _Table) -> AwsSourceConfig:
     )
 
 
-def _vault_source(name: str, table: _Table) -> VaultSourceConfig:
+def _vault_source(name: str, table: TomlTable) -> VaultSourceConfig:
     d = VaultSourceConfig(name=name, url="")
     url = table.required_str("url")
     if url and not url.startswith(("http://", "https://")):
@@ -221,7 +220,7 @@ def _vault_source(name: str, table: _Table) -> VaultSourceConfig:
     )
 
 
-def _policy(table: _Table, empty: AccessPolicy | None) -> AccessPolicy:
+def _policy(table: TomlTable, empty: AccessPolicy | None) -> AccessPolicy:
     """uids/users, gids/groups and executables; names are resolved now, not at request time."""
     uids = set(table.int_list("uids"))
     for user in table.str_list("users"):
@@ -252,7 +251,7 @@ def _policy(table: _Table, empty: AccessPolicy | None) -> AccessPolicy:
 
 def _environment(
     name: str,
-    table: _Table,
+    table: TomlTable,
     refresh: RefreshConfig,
     sources: Mapping[str, SourceConfig | None],
 ) -> EnvironmentConfig:
@@ -288,185 +287,3 @@ def _environment(
         table.problem("partner_id", "required when payload = 'plain' (the secret is the key alone)")
     table.finish()
     return environment
-
-
-_MISSING: Any = object()
-
-
-class _Table:
-    """A view of one TOML table that records problems with their full key paths."""
-
-    def __init__(
-        self, data: Mapping[str, Any], path: str, problems: list[ConfigProblem], base_dir: Path
-    ) -> None:
-        self._data = data
-        self._path = path
-        self._problems = problems
-        self._base_dir = base_dir
-        self._seen: set[str] = set()
-
-    def key(self, key: str) -> str:
-        if not key:
-            return self._path or "(root)"
-        return f"{self._path}.{key}" if self._path else key
-
-    def problem(self, key: str, reason: str) -> None:
-        self._problems.append(ConfigProblem(self.key(key), reason))
-
-    def _get(self, key: str, kind: type[T] | tuple[type, ...], what: str) -> T | None:
-        self._seen.add(key)
-        if key not in self._data:
-            return None
-        value = self._data[key]
-        # bool is an int in Python; a TOML boolean is never a valid number here.
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            self.problem(key, f"must be {what}, not {type(value).__name__} {value!r}")
-            return None
-        return cast("T", value)
-
-    def table(self, key: str) -> _Table:
-        self._seen.add(key)
-        value = self._data.get(key, {})
-        if not isinstance(value, dict):
-            self.problem(key, "must be a table")
-            value = {}
-        return _Table(value, self.key(key), self._problems, self._base_dir)
-
-    def tables(self, key: str) -> list[tuple[str, _Table]]:
-        parent = self.table(key)
-        parent._seen.update(parent._data)
-        out = []
-        for name, value in parent._data.items():
-            if isinstance(value, dict):
-                out.append((name, _Table(value, parent.key(name), self._problems, self._base_dir)))
-            else:
-                parent.problem(name, "must be a table")
-        return out
-
-    def string(self, key: str, default: str) -> str:
-        value = self._get(key, str, "a string")
-        if value is not None and not value.strip():
-            self.problem(key, "must not be empty")
-            return default
-        return default if value is None else value
-
-    def optional_str(self, key: str, *, allow_int: bool = False) -> str | None:
-        if allow_int and type(self._data.get(key)) is int:
-            self._seen.add(key)
-            self.problem(key, 'must be a quoted string ("085" keeps its leading zero)')
-            return None
-        value = self._get(key, str, "a string")
-        if value is not None and not value.strip():
-            self.problem(key, "must not be empty")
-            return None
-        return value
-
-    def required_str(self, key: str) -> str:
-        if key not in self._data:
-            self._seen.add(key)
-            self.problem(key, "is required")
-            return ""
-        return self.optional_str(key) or ""
-
-    @property
-    def raw(self) -> Mapping[str, Any]:
-        return self._data
-
-    def int_list(self, key: str) -> tuple[int, ...]:
-        value = self._get(key, list, "a list of integers")
-        if value is None:
-            return ()
-        if not all(type(item) is int and item >= 0 for item in value):
-            self.problem(key, "must be a list of non-negative integers")
-            return ()
-        return tuple(value)
-
-    def str_list(self, key: str) -> tuple[str, ...]:
-        value = self._get(key, list, "a list of strings")
-        if value is None:
-            return ()
-        if not all(isinstance(item, str) and item for item in value):
-            self.problem(key, "must be a list of non-empty strings")
-            return ()
-        return tuple(value)
-
-    def integer(self, key: str, default: int, low: int, high: int) -> int:
-        value = self._get(key, int, "an integer")
-        if value is None:
-            return default
-        if not low <= value <= high:
-            self.problem(key, f"must be between {low} and {high}, not {value}")
-            return default
-        return value
-
-    def optional_int(self, key: str, low: int) -> int | None:
-        value = self._get(key, int, "an integer")
-        if value is not None and value < low:
-            self.problem(key, f"must be at least {low}")
-            return None
-        return value
-
-    def number(self, key: str, default: float, low: float, high: float) -> float:
-        value = self._get(key, (int, float), "a number")
-        if value is None:
-            return default
-        if not low <= float(value) <= high:
-            self.problem(key, f"must be between {low} and {high}, not {value}")
-            return default
-        return float(value)
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self._get(key, bool, "true or false")
-        return default if value is None else value
-
-    def choice(self, key: str, options: tuple[str, ...], default: Any) -> Any:
-        value = self._get(key, str, "a string")
-        if value is None:
-            if default is None:
-                self.problem(key, f"is required: one of {', '.join(options)}")
-            return default
-        if value not in options:
-            self.problem(key, f"must be one of {', '.join(options)}, not {value!r}")
-            return default
-        return value
-
-    def duration(
-        self, key: str, default: timedelta, *, minimum: timedelta = timedelta(0)
-    ) -> timedelta:
-        value = self._get(key, str, 'a duration string such as "30s"')
-        if value is None:
-            return default
-        try:
-            parsed = parse_duration(value)
-        except ValueError as exc:
-            self.problem(key, str(exc))
-            return default
-        if parsed < minimum:
-            self.problem(key, f"must be at least {minimum.total_seconds():g}s")
-            return default
-        return parsed
-
-    def mode(self, key: str, default: int) -> int:
-        value = self._get(key, str, 'an octal string such as "0660"')
-        if value is None:
-            return default
-        if not re.fullmatch(r"0?[0-7]{3}", value):
-            self.problem(key, f'must be an octal mode such as "0660", not {value!r}')
-            return default
-        mode = int(value, 8)
-        if mode & 0o002:
-            self.problem(key, "must not let every user on the host write to the socket")
-            return default
-        return mode
-
-    def path(self, key: str, default: Path | None) -> Path | None:
-        value = self._get(key, str, "a path string")
-        if value is None:
-            return default
-        return Path(os.path.normpath(self._base_dir / Path(value).expanduser()))
-
-    def finish(self) -> None:
-        """Report keys nobody asked for: they are typos or options of another version."""
-        for key in self._data:
-            if key not in self._seen:
-                self.problem(key, "unknown key")

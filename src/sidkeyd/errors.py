@@ -1,4 +1,4 @@
-"""sidkeyd's exceptions.
+"""sidkeyd's exceptions: every class the daemon, the CLI and the client raise on purpose.
 
 The tree::
 
@@ -10,15 +10,23 @@ The tree::
     │       ├── AccessLostError     access denied, secret not found or deleted: this host is cut off
     │       └── InvalidSecretError  the secret exists but its payload is unusable
     ├── KeyUnavailableError         no usable key for an environment right now (code says why)
-    ├── SocketInUseError            another live daemon answers on the socket path
-    ├── UnsafeSocketPathError       the socket path or its folder is unsafe to bind
+    ├── StartupError                the daemon cannot start serving (``cli`` exits 3)
+    │   ├── SocketInUseError        another live daemon answers on the socket path
+    │   ├── UnsafeSocketPathError   the socket path or its folder is unsafe to bind
+    │   └── HardeningError          a hardening step the config asks for failed (also OSError)
+    ├── RequestError                one request is refused; caught where raised, it becomes the
+    │   │                           response (status, code, message), never escapes the daemon
+    │   ├── BadRequest              the app's refusals: bad JSON, fields, policy, rate limit
+    │   ├── FramingError            the transport's: HTTP that cannot be framed (then close)
+    │   └── TimestampError          a caller's timestamp is refused (also ValueError)
     └── ClientError                 raised by sidkeyd.client
         ├── DaemonUnavailableError  the socket cannot be reached
         └── RequestFailedError      the daemon answered with an error (status, code, message)
 
 Library errors (botocore, hvac, OSError from a backend) are translated into ``SourceError``
 subclasses at the adapter boundary with ``raise ... from exc``. Messages never include key
-material: only names, versions, fingerprints and reasons.
+material: only names, versions, fingerprints and reasons; a backend's own words pass through
+``redaction.backend_text`` first, and the engine scrubs every key it knows (``scrub``).
 """
 
 from __future__ import annotations
@@ -97,12 +105,55 @@ class KeyUnavailableError(SidkeydError):
         super().__init__(message)
 
 
-class SocketInUseError(SidkeydError):
+class StartupError(SidkeydError):
+    """The daemon cannot start serving."""
+
+
+class SocketInUseError(StartupError):
     """Another daemon answers on the configured socket path."""
 
 
-class UnsafeSocketPathError(SidkeydError):
+class UnsafeSocketPathError(StartupError):
     """The socket path is not safe to bind (not a socket, a symlink, an open folder...)."""
+
+
+class HardeningError(StartupError, OSError):
+    """A hardening step that the config asked for failed."""
+
+
+class RequestError(SidkeydError):
+    """One request is refused: ``status``, ``code`` and ``message`` make its error response."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        status: int = 400,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        self.code = code
+        self.message = message
+        self.status = status
+        self.headers = headers
+        super().__init__(message)
+
+
+class BadRequest(RequestError):
+    """The app refuses a request (JSON, fields, environment, policy, rate limit)."""
+
+
+class FramingError(RequestError):
+    """The request cannot be framed as HTTP/1.1: answer, then close the connection."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(code, message, status)
+
+
+class TimestampError(RequestError, ValueError):
+    """A caller-supplied timestamp is refused; the message says why."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("invalid_timestamp", message)
 
 
 class ClientError(SidkeydError):

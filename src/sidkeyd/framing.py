@@ -1,9 +1,10 @@
 """Bytes in, requests out: HTTP/1.1 framing with httptools' llhttp, and its size limits.
 
 ``RequestReader.feed()`` parses what a connection received and hands each complete request to
-``on_request``; a request that cannot be framed raises ``Refused`` (status, code, message), after
-which the connection must be answered and closed. The state of the message being parsed lives
-in one ``_Message``, made at its first byte and dropped whole when it is complete or refused.
+``on_request``; a request that cannot be framed raises ``FramingError`` (status, code,
+message), after which the connection must be answered and closed. The state of the message
+being parsed lives in one ``_Message``, made at its first byte and dropped whole when it is
+complete or refused.
 """
 
 from __future__ import annotations
@@ -13,18 +14,11 @@ from dataclasses import dataclass, field
 
 import httptools
 
+from sidkeyd.errors import FramingError
 from sidkeyd.log import get_logger
 
 # (method, path, body, keep_alive) of a complete request.
 OnRequest = Callable[[str, str, bytes, bool], None]
-
-
-class Refused(Exception):
-    """The request cannot be handled and framing is lost: answer ``status`` and close."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        self.status, self.code, self.message = status, code, message
-        super().__init__(message)
 
 
 @dataclass(slots=True)
@@ -70,18 +64,18 @@ class RequestReader:
         except httptools.HttpParserCallbackError as exc:
             # httptools wraps what a callback raised; the original is the context.
             cause = exc.__context__
-            if isinstance(cause, Refused):
+            if isinstance(cause, FramingError):
                 raise cause from None
             get_logger().error("request.failed", error=repr(cause))
-            raise Refused(
+            raise FramingError(
                 500, "internal_error", "the daemon failed to handle the request"
             ) from None
         except httptools.HttpParserUpgrade:
-            raise Refused(
+            raise FramingError(
                 400, "upgrade_not_supported", "protocol upgrades are not supported"
             ) from None
         except httptools.HttpParserError as exc:
-            raise Refused(400, "malformed_request", f"malformed HTTP request: {exc}") from None
+            raise FramingError(400, "malformed_request", f"malformed HTTP request: {exc}") from None
         self._check_partial_line(data)
 
     def _check_partial_line(self, data: bytes) -> None:
@@ -130,7 +124,7 @@ class RequestReader:
         # Refused here, before the request is handled: llhttp would complete an upgrade
         # request without its body and leave the rest of the bytes to the new protocol.
         if self._parser.should_upgrade():
-            raise Refused(400, "upgrade_not_supported", "protocol upgrades are not supported")
+            raise FramingError(400, "upgrade_not_supported", "protocol upgrades are not supported")
 
     def on_body(self, body: bytes) -> None:
         message = self._current()
@@ -147,9 +141,11 @@ class RequestReader:
         try:
             path = httptools.parse_url(message.url).path.decode("utf-8")
         except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
-            raise Refused(400, "malformed_request", "request target is not a valid path") from None
+            raise FramingError(
+                400, "malformed_request", "request target is not a valid path"
+            ) from None
         if method in ("POST", "PUT", "PATCH") and not message.has_length:
-            raise Refused(411, "length_required", "a request body needs Content-Length")
+            raise FramingError(411, "length_required", "a request body needs Content-Length")
         self._on_request(method, path, b"".join(message.body), self._parser.should_keep_alive())
 
     # -- limits --------------------------------------------------------------------------
@@ -163,10 +159,10 @@ class RequestReader:
         if message.header_bytes > self._max_header_bytes:
             raise self._headers_too_large()
 
-    def _headers_too_large(self) -> Refused:
+    def _headers_too_large(self) -> FramingError:
         limit = self._max_header_bytes
-        return Refused(431, "headers_too_large", f"request headers are over {limit} bytes")
+        return FramingError(431, "headers_too_large", f"request headers are over {limit} bytes")
 
-    def _body_too_large(self) -> Refused:
+    def _body_too_large(self) -> FramingError:
         limit = self._max_body_bytes
-        return Refused(413, "body_too_large", f"request body is over {limit} bytes")
+        return FramingError(413, "body_too_large", f"request body is over {limit} bytes")

@@ -13,6 +13,8 @@ import ctypes.util
 import resource
 from dataclasses import dataclass
 
+from sidkeyd.errors import HardeningError
+
 PR_SET_DUMPABLE = 4
 PR_GET_DUMPABLE = 3
 MCL_CURRENT, MCL_FUTURE = 1, 2
@@ -23,10 +25,6 @@ class Hardening:
     core_dumps_disabled: bool
     dumpable: bool
     memory_locked: bool
-
-
-class HardeningError(OSError):
-    """A hardening step that the config asked for failed."""
 
 
 def _libc() -> ctypes.CDLL:

@@ -39,12 +39,14 @@ class Server:
     def __init__(
         self,
         config: Config,
+        store: KeyStore,
         *,
-        store: KeyStore | None = None,
         sources: Mapping[str, Source] | None = None,
     ) -> None:
+        """``store`` is required: it is the one the log redactor reads (``cli`` passes both), and
+        a fresh one here would leave log lines scrubbed by field name only."""
         self.config = config
-        self.store = store or KeyStore()
+        self.store = store
         self._sources = sources
         self._should_exit = asyncio.Event()
         self._log = get_logger()

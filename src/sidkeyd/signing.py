@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 
+from sidkeyd.errors import TimestampError
+
 SUFFIX = "sid_request"
 
 # ISO 8601 extended date-time with a mandatory "T" and a mandatory offset ("Z" or +hh:mm,
@@ -24,10 +26,6 @@ _TIMESTAMP = re.compile(
     r"(?P<offset>Z|[+-]\d{2}(?::?\d{2})?)",
     re.ASCII,  # \d would otherwise accept any Unicode digit, e.g. Arabic-Indic
 )
-
-
-class TimestampError(ValueError):
-    """A caller-supplied timestamp is refused; the message says why."""
 
 
 def compute_signature(api_key: str, timestamp: str, partner_id: str) -> str:

@@ -18,7 +18,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast
 
 from sidkeyd.connections import ConnectionTracker, Limits
-from sidkeyd.framing import Refused, RequestReader
+from sidkeyd.errors import FramingError
+from sidkeyd.framing import RequestReader
 from sidkeyd.http import Request, Response, encode_response, error_response
 from sidkeyd.log import get_logger
 from sidkeyd.peer import UNKNOWN_PEER, Peer, read_peer_credentials
@@ -179,7 +180,7 @@ class HttpProtocol(asyncio.Protocol):
     def _feed(self, data: bytes) -> None:
         try:
             self._reader.feed(data)
-        except Refused as refused:
+        except FramingError as refused:
             self._fail(refused.status, refused.code, refused.message)
 
     # -- from the reader -----------------------------------------------------------------

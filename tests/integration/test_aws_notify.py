@@ -17,7 +17,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 
 from sidkeyd.config import AwsSourceConfig, EnvironmentConfig, RefreshConfig
 from sidkeyd.keystore import KeyStore
@@ -25,6 +24,7 @@ from sidkeyd.rotation import KeyManager
 from sidkeyd.sources import WatchingSource
 from sidkeyd.sources.aws import AwsSource, parse_change_event
 from support.engine import make_manager
+from support.logs import captured_events
 from support.moto_server import (
     ACCOUNT,
     MotoEndpoint,
@@ -123,7 +123,7 @@ def with_manager(
     manager, store = manager_for(aws, secret, **kw)
 
     async def run() -> Logs:
-        with capture_logs() as logs:
+        with captured_events() as logs:
             await manager.start()
             try:
                 await body(manager, store, logs)
@@ -336,7 +336,7 @@ def test_queue_is_polled_where_it_is_whatever_endpoint_url_says(
     changes: list[str] = []
     send(moto_endpoint, queue, change_event(NAME))
     try:
-        with capture_logs() as logs:
+        with captured_events() as logs:
             aws.watch(changes.append)
             logged_sync(logs, "aws.notify_deleted")
     finally:
@@ -468,7 +468,7 @@ def test_one_batch_naming_a_secret_twice_forces_one_check(
             for i, event in enumerate(("PutSecretValue", "UpdateSecretVersionStage"))
         ],
     )
-    with capture_logs() as logs:
+    with captured_events() as logs:
         source.watch(changes.append)
         deleted = logged_sync(logs, "aws.notify_deleted")
     assert ([name], 2) == (changes, deleted["count"])
@@ -480,7 +480,7 @@ def test_unparseable_message_is_logged_and_deleted(
     """A body that is not an event is logged with a reason (not the body) and deleted."""
     changes: list[str] = []
     send(moto_endpoint, queue, "definitely not an event")
-    with capture_logs() as logs:
+    with captured_events() as logs:
         source.watch(changes.append)
         logged_sync(logs, "aws.notify_deleted")
     unparseable = [e for e in logs if e["event"] == "aws.notify_unparseable"]
@@ -522,7 +522,7 @@ def test_unreachable_queue_is_retried_with_backoff(moto_endpoint: MotoEndpoint) 
     queue = f"{closed_port_url()}/{ACCOUNT}/sidkeyd-unreachable"
     aws = notify_source(moto_endpoint.url, queue)
     try:
-        with capture_logs() as logs:
+        with captured_events() as logs:
             aws.watch(lambda _secret: None)
             logged_sync(logs, "aws.notify_failed", consecutive_failures=2)
     finally:
@@ -540,7 +540,7 @@ def test_unreachable_queue_is_retried_with_backoff(moto_endpoint: MotoEndpoint) 
 
 def test_close_stops_the_poller(source: AwsSource) -> None:
     """close() ends the polling thread, which says so."""
-    with capture_logs() as logs:
+    with captured_events() as logs:
         source.watch(lambda _secret: None)
         logged_sync(logs, "aws.notify_started")
         source.close()

@@ -9,7 +9,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 
 from sidkeyd.config import EnvironmentConfig
 from sidkeyd.errors import (
@@ -23,6 +22,7 @@ from sidkeyd.rotation import KeyManager, Trigger
 from sidkeyd.sources import SecretValue, Unchanged
 from sidkeyd.sources.aws import AwsSource
 from support.engine import make_manager
+from support.logs import captured_events
 from support.moto_server import MotoEndpoint, closed_port_url, source_config
 from support.tls import tls_hangup_url
 
@@ -478,7 +478,7 @@ def failed_check_keeps_the_key(aws: AwsSource, name: str, break_it: Any) -> list
         loaded = store.get("sandbox")
         assert loaded is not None
         break_it()
-        with capture_logs() as logs:
+        with captured_events() as logs:
             await manager.check("sandbox", Trigger.ADMIN, force=True)
         held = store.get("sandbox")
         assert held is not None

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 
 from sidkeyd.config import (
     EnvironmentConfig,
@@ -30,6 +29,7 @@ from sidkeyd.rotation import Trigger
 from sidkeyd.sources import SecretValue, Unchanged
 from sidkeyd.sources.vault import VaultSource
 from support.engine import make_manager
+from support.logs import LogCapture, captured
 from support.openbao_server import CountingProxy, OpenBao, free_port
 from support.tls import tls_hangup_url
 
@@ -41,55 +41,10 @@ WAIT = 20.0  # upper bound on waiting for an observable condition; never a sleep
 # -- helpers ---------------------------------------------------------------------------
 
 
-class LogCapture:
-    """Every structlog event, from any thread, with a bounded wait for one to appear."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        self._cond = threading.Condition()
-
-    def processor(self, _logger: Any, _method: str, event_dict: Any) -> Any:
-        with self._cond:
-            self.events.append(dict(event_dict))
-            self._cond.notify_all()
-        raise structlog.DropEvent
-
-    def matching(self, name: str, **fields: Any) -> list[dict[str, Any]]:
-        with self._cond:
-            return [
-                e
-                for e in self.events
-                if e.get("event") == name and all(e.get(k) == v for k, v in fields.items())
-            ]
-
-    def wait_until(
-        self, name: str, predicate: Callable[[dict[str, Any]], bool], *, timeout: float = WAIT
-    ) -> dict[str, Any]:
-        """The first ``name`` event for which ``predicate`` holds, waiting for it (bounded)."""
-        with self._cond:
-            found = self._cond.wait_for(
-                lambda: [e for e in self.matching(name) if predicate(e)], timeout
-            )
-        assert found, f"no matching {name} within {timeout}s; saw {self.events}"
-        return found[0]
-
-    def wait_for(self, name: str, *, timeout: float = WAIT, **fields: Any) -> dict[str, Any]:
-        with self._cond:
-            found = self._cond.wait_for(lambda: self.matching(name, **fields), timeout)
-        assert found, (
-            f"no {name} {fields} within {timeout}s; saw {[e['event'] for e in self.events]}"
-        )
-        return found[0]
-
-
 @pytest.fixture
 def logs() -> Iterator[LogCapture]:
-    capture = LogCapture()
-    structlog.configure(processors=[capture.processor], cache_logger_on_first_use=False)
-    try:
+    with captured() as capture:
         yield capture
-    finally:
-        structlog.reset_defaults()
 
 
 @dataclass
