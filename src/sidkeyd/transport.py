@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast
 
 from sidkeyd.connections import ConnectionTracker, Limits
+from sidkeyd.deadline import Deadline
 from sidkeyd.errors import FramingError
 from sidkeyd.framing import RequestReader
 from sidkeyd.http import Request, Response, encode_response, error_response
@@ -71,12 +72,11 @@ class HttpProtocol(asyncio.Protocol):
         # Dispatch: parsed requests waiting, and whether one is being answered off the loop.
         self._queue: deque[tuple[Request, bool]] = deque()
         self._busy = False
-        # Timers: one for read and idle (its deadline moves; it never sleeps longer than the
-        # shortest timeout, so re-arming is a store), one for writes that do not drain.
-        self._timer: asyncio.TimerHandle | None = None
-        self._deadline = 0.0
-        self._tick = min(limits.read_timeout_s, limits.idle_timeout_s)
-        self._write_timer: asyncio.TimerHandle | None = None
+        # Timers: one for read and idle (it wakes at least as often as the shorter of the two),
+        # one for responses that do not drain.
+        tick = min(limits.read_timeout_s, limits.idle_timeout_s)
+        self._read_idle = Deadline(self._loop, tick, self._on_timeout)
+        self._write_drain = Deadline(self._loop, limits.write_timeout_s, self._on_write_timeout)
 
     # -- connection events ---------------------------------------------------------------
 
@@ -98,11 +98,11 @@ class HttpProtocol(asyncio.Protocol):
             self._close()
             return
         self._tracker.add(self)
-        self._arm_timer(self._limits.idle_timeout_s)
+        self._read_idle.move(self._limits.idle_timeout_s)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_timer()
-        self._cancel_write_timer()
+        self._read_idle.cancel()
+        self._write_drain.cancel()
         self._tracker.remove(self)
         self._transport = None
         self._held = None
@@ -123,18 +123,18 @@ class HttpProtocol(asyncio.Protocol):
         """Unsent responses passed WRITE_BUFFER_HIGH: stop reading and dispatching."""
         self._write_paused = True
         self._update_reading()
-        self._arm_write_timer()
+        self._write_drain.start(self._limits.write_timeout_s)
 
     def resume_writing(self) -> None:
         """Below WRITE_BUFFER_LOW again: answer what is queued, then parse and read on."""
         self._write_paused = False
-        self._cancel_write_timer()
+        self._write_drain.cancel()
         transport = self._transport
         if transport is None:
             return
         if transport.is_closing():
-            if transport.get_write_buffer_size():
-                self._arm_write_timer()  # what is left must drain in time too
+            if transport.get_write_buffer_size():  # what is left must drain in time too
+                self._write_drain.start(self._limits.write_timeout_s)
             return
         if not self._busy:
             self._run_queue()
@@ -186,7 +186,7 @@ class HttpProtocol(asyncio.Protocol):
     # -- from the reader -----------------------------------------------------------------
 
     def _request_began(self) -> None:
-        self._arm_timer(self._limits.read_timeout_s)
+        self._read_idle.move(self._limits.read_timeout_s)
 
     def _received(self, method: str, path: str, body: bytes, keep_alive: bool) -> None:
         self._queue.append((Request(method, path, body, self._peer), keep_alive))
@@ -212,8 +212,8 @@ class HttpProtocol(asyncio.Protocol):
             if self._closing:
                 self._close()
             elif not self._reader.in_message:
-                self._arm_timer(self._limits.idle_timeout_s)
-            elif self._timer is None:
+                self._read_idle.move(self._limits.idle_timeout_s)
+            elif not self._read_idle.running:
                 self._on_timeout()  # the read timeout passed while a response was pending
 
     async def _finish(self, pending: Awaitable[Response], keep_alive: bool) -> None:
@@ -242,7 +242,7 @@ class HttpProtocol(asyncio.Protocol):
         self._closing = True
         self._transport.close()
         if self._transport.get_write_buffer_size():
-            self._arm_write_timer()
+            self._write_drain.start(self._limits.write_timeout_s)
 
     def _fail(self, status: int, code: str, message: str) -> None:
         """Framing is lost: answer if we can, then close."""
@@ -257,26 +257,7 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- timers and shutdown -------------------------------------------------------------
 
-    def _arm_timer(self, seconds: float) -> None:
-        self._deadline = self._loop.time() + seconds
-        if self._timer is None:
-            self._timer = self._loop.call_later(self._tick, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        left = self._deadline - self._loop.time()
-        if left > 0:
-            self._timer = self._loop.call_later(min(self._tick, left), self._on_timer)
-        else:
-            self._on_timeout()
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
     def _on_timeout(self) -> None:
-        self._timer = None
         # While responses cannot be sent, the write timer decides; the read and idle timers
         # are re-armed when dispatch resumes.
         if self._transport is None or self._busy or self._write_paused:
@@ -287,20 +268,8 @@ class HttpProtocol(asyncio.Protocol):
             self._log.debug("connection.closed", reason="idle_timeout", **self._peer.log_fields())
             self._close()
 
-    def _arm_write_timer(self) -> None:
-        if self._write_timer is None:
-            self._write_timer = self._loop.call_later(
-                self._limits.write_timeout_s, self._on_write_timeout
-            )
-
-    def _cancel_write_timer(self) -> None:
-        if self._write_timer is not None:
-            self._write_timer.cancel()
-            self._write_timer = None
-
     def _on_write_timeout(self) -> None:
         """Unsent responses did not drain in time: the client is not reading. Free the slot."""
-        self._write_timer = None
         if self._transport is None:
             return
         self._log.warning(

@@ -1,0 +1,70 @@
+"""The routes about the daemon itself: refresh (admins), status (reduced for others), health."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any
+
+from sidkeyd.app.access import Engine, EnvironmentGate
+from sidkeyd.errors import BadRequest
+from sidkeyd.freshness import Health, Trigger
+from sidkeyd.http import Request, Response, json_response
+from sidkeyd.policy import AccessPolicy
+from sidkeyd.validation import parse_fields
+
+
+class AdminRoutes:
+    def __init__(self, engine: Engine, gate: EnvironmentGate, admin: AccessPolicy) -> None:
+        self._engine = engine
+        self._gate = gate
+        self._admin = admin
+
+    def refresh(self, request: Request) -> Awaitable[Response]:
+        if not self._admin.permits(request.peer):
+            raise BadRequest("forbidden", "refresh is for admin peers only", status=403)
+        body = parse_fields(request.body, required=(), optional=("environment",), allow_empty=True)
+        names = (
+            [self._gate.environment(body, peer=None)]  # admins may refresh any environment
+            if "environment" in body
+            else self._engine.environments
+        )
+        return self._refresh(names, request)
+
+    async def _refresh(self, names: list[str], request: Request) -> Response:
+        results = []
+        for name in names:
+            outcome = await self._engine.check(
+                name, Trigger.ADMIN, force=True, **request.peer.log_fields()
+            )
+            results.append(
+                {
+                    "environment": name,
+                    "key_version": outcome.key_version,
+                    "changed": outcome.changed,
+                    "error": outcome.error,
+                }
+            )
+        return json_response(200, {"results": results})
+
+    def status(self, request: Request) -> Response:
+        detailed = self._admin.permits(request.peer)
+        return json_response(200, {"environments": self.environment_status(detailed=detailed)})
+
+    def health(self, request: Request) -> Response:
+        environments = {}
+        usable = True
+        for name in self._engine.environments:
+            health, reason = self._engine.health(name)
+            environments[name] = {"health": health.value, "reason": reason}
+            usable = usable and health is not Health.UNAVAILABLE
+        status = 200 if usable else 503
+        return json_response(
+            status, {"status": "ok" if usable else "unavailable", "environments": environments}
+        )
+
+    def environment_status(self, *, detailed: bool = True) -> dict[str, dict[str, Any]]:
+        """Per-environment state; without ``detailed``, no fingerprints and no error reasons."""
+        return {
+            name: self._engine.status(name).to_json(detailed=detailed)
+            for name in self._engine.environments
+        }

@@ -1,0 +1,143 @@
+"""The routes that use a key: sign, verify, and report a rejection by Smile ID."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+
+from sidkeyd.app.access import Engine, EnvironmentGate
+from sidkeyd.errors import BadRequest, TimestampError
+from sidkeyd.http import Request, Response, json_response
+from sidkeyd.log import get_logger, untrusted
+from sidkeyd.ratelimit import RateLimiter, retry_after
+from sidkeyd.signing import TimestampClock, check_timestamp
+from sidkeyd.validation import MAX_SIGNATURE_CHARS, MAX_TIMESTAMP_CHARS, parse_fields
+
+
+class SigningRoutes:
+    def __init__(
+        self,
+        engine: Engine,
+        gate: EnvironmentGate,
+        *,
+        clock: TimestampClock,
+        now: Callable[[], datetime],
+        skew: timedelta,
+        limiter: RateLimiter | None,
+    ) -> None:
+        self._engine = engine
+        self._gate = gate
+        self._clock = clock
+        self._now = now
+        self._skew = skew
+        self._limiter = limiter
+        self._log = get_logger()
+
+    def sign(self, request: Request) -> Response:
+        body = parse_fields(request.body, required=("environment",), optional=("timestamp",))
+        environment = self._gate.environment(body, request.peer)
+        if self._limiter is not None:
+            wait = self._limiter.acquire(request.peer.uid)
+            if wait:
+                raise BadRequest(
+                    "rate_limited",
+                    "too many signatures for this uid; retry later",
+                    status=429,
+                    headers=(("Retry-After", retry_after(wait)),),
+                )
+        timestamp = body.get("timestamp")
+        if timestamp is None:
+            timestamp = self._clock.now()
+        else:
+            self._check_timestamp(timestamp)
+        key = self._engine.signing_key(environment)
+        signature = key.signer.sign(timestamp, key.partner_id)
+        age = int(time.time() - key.loaded_epoch)
+        self._log.info(
+            "signature.issued",
+            environment=environment,
+            key_version=key.version,
+            key_age_s=age,
+            signed_timestamp=timestamp,
+            **request.peer.log_fields(),
+        )
+        # Every value is either validated (timestamp, base64) or pre-encoded JSON.
+        payload = (
+            f'{{"signature": "{signature}", "timestamp": "{timestamp}", '.encode()
+            + key.json_fields
+            + f', "key_age_s": {age}}}'.encode()
+        )
+        return Response(200, payload)
+
+    def verify(self, request: Request) -> Response:
+        body = parse_fields(request.body, required=("environment", "timestamp", "signature"))
+        environment = self._gate.environment(body, request.peer)
+        timestamp, signature = body["timestamp"], body["signature"]
+        if not timestamp or len(timestamp) > MAX_TIMESTAMP_CHARS:
+            raise BadRequest(
+                "invalid_timestamp", f"timestamp must be 1 to {MAX_TIMESTAMP_CHARS} characters"
+            )
+        if len(signature) > MAX_SIGNATURE_CHARS:
+            raise BadRequest(
+                "invalid_signature", f"signature must be at most {MAX_SIGNATURE_CHARS} characters"
+            )
+        matched = None
+        for key in self._engine.verification_keys(environment):
+            if key.signer.verify(timestamp, key.partner_id, signature):
+                matched = key
+                break
+        current = self._engine.signing_key(environment)
+        self._log.info(
+            "signature.verified",
+            environment=environment,
+            valid=matched is not None,
+            key_version=matched.version if matched else current.version,
+            matched_previous=matched is not None and matched is not current,
+            signed_timestamp=untrusted(timestamp),
+            **request.peer.log_fields(),
+        )
+        return json_response(
+            200,
+            {
+                "valid": matched is not None,
+                "environment": environment,
+                "key_version": matched.version if matched else None,
+                "current_key_version": current.version,
+            },
+        )
+
+    def report(self, request: Request) -> Awaitable[Response]:
+        body = parse_fields(
+            request.body, required=("environment", "key_version", "status"), allow_int=("status",)
+        )
+        environment = self._gate.environment(body, request.peer)
+        return self._report(environment, body["key_version"], str(body["status"]), request)
+
+    async def _report(
+        self, environment: str, key_version: str, status: str, request: Request
+    ) -> Response:
+        outcome = await self._engine.report(
+            environment,
+            untrusted(key_version, 128),
+            untrusted(status, 16),
+            **request.peer.log_fields(),
+        )
+        return json_response(
+            200,
+            {
+                "environment": environment,
+                "key_version": outcome.key_version,
+                "checked": outcome.checked,
+                "changed": outcome.changed,
+                "reason": outcome.reason,
+            },
+        )
+
+    def _check_timestamp(self, timestamp: str) -> None:
+        if len(timestamp) > MAX_TIMESTAMP_CHARS:
+            raise BadRequest("invalid_timestamp", "timestamp is too long")
+        try:
+            check_timestamp(timestamp, self._now(), self._skew)
+        except TimestampError as exc:
+            raise BadRequest(exc.code, exc.message) from None
