@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-LINTED := src tests $(wildcard bench)
+LINTED := src tests $(wildcard bench) $(wildcard clients)
 
 .PHONY: run test lint typecheck pytest bench fmt clean
 

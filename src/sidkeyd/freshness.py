@@ -35,6 +35,7 @@ class Trigger(StrEnum):
     ADMIN = "admin"
     SIGNAL = "signal"
     REPORT = "report"
+    VERIFY = "verify"  # a signature to verify matched no key held
     NOTIFY = "notify"
 
 

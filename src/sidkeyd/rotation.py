@@ -79,7 +79,7 @@ class KeyManager:
         self._checks = CheckRunner(
             self._environments, sources, store, self._fresh, self._schedule, now
         )
-        self._last_report_check: dict[str, float] = {}  # loop time of a report-forced check
+        self._last_report_check: dict[str, float] = {}  # loop time of a client-forced check
         self._background: set[asyncio.Future[CheckOutcome]] = set()
         self._log = get_logger()
 
@@ -183,19 +183,35 @@ class KeyManager:
         )
         if held is not None and held.version != key_version:
             return ReportOutcome(environment, held.version, False, False, "already_rotated")
-        now = asyncio.get_running_loop().time()
-        limit = self._fresh[environment].refresh.report_interval.total_seconds()
-        joining = self._checks.forced_in_flight(environment)
-        last = self._last_report_check.get(environment, float("-inf"))
-        if not joining and now - last < limit:
+        if not self._may_force(environment):
             version = held.version if held else None
             return ReportOutcome(environment, version, False, False, "rate_limited")
-        if not joining:
-            self._last_report_check[environment] = now
         outcome = await self.check(
             environment, Trigger.REPORT, force=True, reported_version=key_version, **peer
         )
         return ReportOutcome(environment, outcome.key_version, True, outcome.changed, "checked")
+
+    async def recheck_unmatched(self, environment: str, **peer: Any) -> bool:
+        """A signature to verify matched no key held: perhaps a rotation not yet seen here.
+
+        Check the backend now under the same budget as reports (one forced check per
+        ``report_interval``, joining one in flight); False when the budget is spent.
+        """
+        if not self._may_force(environment):
+            return False
+        await self.check(environment, Trigger.VERIFY, force=True, **peer)
+        return True
+
+    def _may_force(self, environment: str) -> bool:
+        """Whether a client-caused forced check may run (or be joined) now; counts it if so."""
+        if self._checks.forced_in_flight(environment):
+            return True
+        now = asyncio.get_running_loop().time()
+        limit = self._fresh[environment].refresh.report_interval.total_seconds()
+        if now - self._last_report_check.get(environment, float("-inf")) < limit:
+            return False
+        self._last_report_check[environment] = now
+        return True
 
     async def check(
         self, environment: str, trigger: Trigger, *, force: bool = False, **fields: Any

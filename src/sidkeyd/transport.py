@@ -70,7 +70,8 @@ class HttpProtocol(asyncio.Protocol):
         self._write_paused = False  # unsent responses are over WRITE_BUFFER_HIGH
         self._held: memoryview | None = None  # received, not yet parsed (see FEED_SLICE)
         # Dispatch: parsed requests waiting, and whether one is being answered off the loop.
-        self._queue: deque[tuple[Request, bool]] = deque()
+        # A Response in the queue is a refusal made while reading: sent in its turn.
+        self._queue: deque[tuple[Request | Response, bool]] = deque()
         self._busy = False
         # Timers: one for read and idle (it wakes at least as often as the shorter of the two),
         # one for responses that do not drain.
@@ -200,7 +201,7 @@ class HttpProtocol(asyncio.Protocol):
     def _run_queue(self) -> None:
         while self._queue and not (self._busy or self._write_paused or self._transport is None):
             request, keep_alive = self._queue.popleft()
-            result = self._handle(request)
+            result = request if isinstance(request, Response) else self._handle(request)
             if isinstance(result, Response):
                 self._send(result, keep_alive)
             else:
@@ -248,12 +249,12 @@ class HttpProtocol(asyncio.Protocol):
         """Framing is lost: answer if we can, then close."""
         self._rejections.reject(status, code, **self._peer.log_fields())
         self._reader.abandon()
-        if self._busy:
-            self._closing = True  # the pending response goes out first, then the close
-            self._queue.clear()
-            return
-        self._queue.clear()
-        self._send(error_response(status, code, message, close=True), keep_alive=False)
+        # Requests received whole before the bad bytes are still answered, in order (behind a
+        # pending or write-paused one too); the refusal goes last, then the close.
+        self._closing = True
+        self._queue.append((error_response(status, code, message, close=True), False))
+        if not self._busy:
+            self._run_queue()
 
     # -- timers and shutdown -------------------------------------------------------------
 

@@ -719,3 +719,23 @@ def test_deeply_nested_json_is_invalid_json(server: Server, path: str) -> None:
     )
     outcome = feed(server, [request("POST", path, body)], limits)
     assert [(400, "invalid_json")] == [(reply.status, reply.code) for reply in outcome.replies]
+
+
+def test_requests_received_whole_before_garbage_are_answered_then_the_refusal(
+    server: Server,
+) -> None:
+    """A verify that waits on a check, a sign queued behind it, then bad bytes: 200, 200, 400.
+
+    The requests that arrived whole are answered in order; the refusal comes last, then the
+    close (before, the queued sign was dropped and the refusal never sent).
+    """
+    unmatched = request(
+        "POST",
+        "/v1/verify",
+        b'{"environment": "sandbox", "timestamp": "2026-11-25T22:04:11Z", "signature": "x"}',
+    )
+    outcome = feed(server, [unmatched + SIGN + b"\x00garbage\r\n\r\n"])
+    assert [(200, None), (200, None), (400, "malformed_request")] == [
+        (reply.status, reply.code) for reply in outcome.replies
+    ]
+    assert outcome.transport.closed

@@ -76,13 +76,26 @@ class Application:
                 headers=(("Allow", allow),),
             )
         try:
-            return handler(request)
-        except BadRequest as exc:
-            self._log_rejection(request, exc.status, exc.code)
-            return error_response(exc.status, exc.code, exc.message, headers=exc.headers)
-        except KeyUnavailableError as exc:
+            result = handler(request)
+        except (BadRequest, KeyUnavailableError) as exc:
+            return self._refused(request, exc)
+        if isinstance(result, Response):
+            return result
+        return self._awaited(request, result)
+
+    async def _awaited(self, request: Request, pending: Awaitable[Response]) -> Response:
+        """An awaited route's refusals are answered as a synchronous route's are."""
+        try:
+            return await pending
+        except (BadRequest, KeyUnavailableError) as exc:
+            return self._refused(request, exc)
+
+    def _refused(self, request: Request, exc: BadRequest | KeyUnavailableError) -> Response:
+        if isinstance(exc, KeyUnavailableError):
             self._log_rejection(request, 503, exc.code)
             return error_response(503, exc.code, exc.message)
+        self._log_rejection(request, exc.status, exc.code)
+        return error_response(exc.status, exc.code, exc.message, headers=exc.headers)
 
     def _reject(
         self, request: Request, status: int, code: str, message: str, **kw: Any

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from sidkeyd.app.access import Engine, EnvironmentGate
 from sidkeyd.errors import BadRequest, TimestampError
 from sidkeyd.http import Request, Response, json_response
+from sidkeyd.keystore import KeySnapshot
 from sidkeyd.log import get_logger, untrusted
 from sidkeyd.ratelimit import RateLimiter, retry_after
 from sidkeyd.signing import TimestampClock, check_timestamp
@@ -70,7 +71,12 @@ class SigningRoutes:
         )
         return Response(200, payload)
 
-    def verify(self, request: Request) -> Response:
+    def verify(self, request: Request) -> Response | Awaitable[Response]:
+        """Whether ``signature`` is Smile ID's HMAC of ``timestamp`` with a key held.
+
+        A signature that matches no key held (a callback signed with a key rotated a moment
+        ago) forces one check of the backend, under the report budget, and is answered after it.
+        """
         body = parse_fields(request.body, required=("environment", "timestamp", "signature"))
         environment = self._gate.environment(body, request.peer)
         timestamp, signature = body["timestamp"], body["signature"]
@@ -82,11 +88,33 @@ class SigningRoutes:
             raise BadRequest(
                 "invalid_signature", f"signature must be at most {MAX_SIGNATURE_CHARS} characters"
             )
-        matched = None
+        matched = self._match(environment, timestamp, signature)
+        if matched is None:
+            return self._verify_after_check(environment, timestamp, signature, request)
+        return self._verified(environment, timestamp, matched, request, rechecked=False)
+
+    async def _verify_after_check(
+        self, environment: str, timestamp: str, signature: str, request: Request
+    ) -> Response:
+        rechecked = await self._engine.recheck_unmatched(environment, **request.peer.log_fields())
+        matched = self._match(environment, timestamp, signature) if rechecked else None
+        return self._verified(environment, timestamp, matched, request, rechecked=rechecked)
+
+    def _match(self, environment: str, timestamp: str, signature: str) -> KeySnapshot | None:
         for key in self._engine.verification_keys(environment):
             if key.signer.verify(timestamp, key.partner_id, signature):
-                matched = key
-                break
+                return key
+        return None
+
+    def _verified(
+        self,
+        environment: str,
+        timestamp: str,
+        matched: KeySnapshot | None,
+        request: Request,
+        *,
+        rechecked: bool,
+    ) -> Response:
         current = self._engine.signing_key(environment)
         self._log.info(
             "signature.verified",
@@ -94,6 +122,7 @@ class SigningRoutes:
             valid=matched is not None,
             key_version=matched.version if matched else current.version,
             matched_previous=matched is not None and matched is not current,
+            rechecked=rechecked,
             signed_timestamp=untrusted(timestamp),
             **request.peer.log_fields(),
         )
