@@ -8,7 +8,7 @@ RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nolog
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install --no-cache-dir . && rm -rf /src
+RUN pip install --no-cache-dir ".[aws,vault]" && rm -rf /src
 
 USER sidkeyd
 VOLUME ["/run/sidkeyd"]

@@ -7,6 +7,7 @@ names them all. Unknown keys are problems too: a typo must not silently fall bac
 from __future__ import annotations
 
 import grp
+import importlib.util
 import os
 import pwd
 import re
@@ -152,8 +153,19 @@ def _source(name: str, table: TomlTable) -> SourceConfig | None:
         source = _vault_source(name, table)
     else:
         source = None
+    if kind in _LIBRARIES and importlib.util.find_spec(_LIBRARIES[kind]) is None:
+        table.problem(
+            "type",
+            f"{kind!r} needs the {_LIBRARIES[kind]} library, which is not installed: "
+            f"pip install 'sidkeyd[{kind}]'",
+        )
     table.finish()
     return source
+
+
+# The backend library each source type needs: an extra of its own, so that a service that
+# only imports sidkeyd.client does not install them.
+_LIBRARIES = {"aws": "boto3", "vault": "hvac"}
 
 
 def _aws_source(name: str, table: TomlTable) -> AwsSourceConfig:

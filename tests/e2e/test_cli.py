@@ -118,3 +118,26 @@ def test_check_config_warns_about_an_executables_only_allow(tmp_path: Path) -> N
     result = sidkeyd("check-config", "-c", str(config))
     assert 0 == result.returncode, result.stderr
     assert "warning: environments.production.allow: only executables are listed" in result.stdout
+
+
+def test_a_source_whose_library_is_missing_is_a_config_error_naming_the_extra(
+    tmp_path: Path,
+) -> None:
+    """Without boto3 installed, type = "aws" is a problem naming sidkeyd[aws]; exit 2."""
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[sources.aws]\ntype = "aws"\nregion = "eu-west-1"\n'
+        '[environments.e]\nsource = "aws"\nsecret = "s"\npartner_id = "1"\n'
+    )
+    # A Python without site-packages sees sidkeyd's sources and the standard library only:
+    # as a host where the [aws] extra was left out.
+    result = subprocess.run(
+        [sys.executable, "-S", "-m", "sidkeyd", "check-config", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"},
+    )
+    assert 2 == result.returncode
+    assert "sources.aws.type" in result.stderr
+    assert "pip install 'sidkeyd[aws]'" in result.stderr
