@@ -5,6 +5,7 @@ process on its own Unix socket), then measures them in interleaved rounds so tha
 noisy machine hits all of them alike. Prints a markdown table; exits 1 if any request failed.
 
     .venv/bin/python bench/run.py [--duration 5] [--warmup 1] [--rounds 2] [--connections 32]
+    .venv/bin/python bench/run.py --compare before=/tmp/sidkeyd-base/src   # another tree too
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class Target:
     log: Path
     process: subprocess.Popen[bytes] | None = None
     audited: bool = False  # its log must hold one audit line per signature
+    env: dict[str, str] | None = None  # e.g. PYTHONPATH for a tree to compare with
     body_bytes: int = 0
     runs: list[dict[str, Any]] = field(default_factory=list)
 
@@ -79,6 +81,7 @@ class Options:
     connections: int
     keep: bool
     json_out: Path | None
+    compare: tuple[tuple[str, Path], ...] = ()  # (label, src folder) of other trees to measure
 
 
 def parse_args() -> Options:
@@ -89,10 +92,26 @@ def parse_args() -> Options:
     parser.add_argument("--connections", type=int, default=32, help="keep-alive connections")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder and logs")
     parser.add_argument("--json", type=Path, dest="json_out", help="also write raw results")
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="LABEL=SRC",
+        help="also measure the daemon from another source tree (its src/ folder), audit on, "
+        "in the same interleaved rounds: e.g. before=/tmp/base/src",
+    )
     a = parser.parse_args()
     if a.duration <= 0 or a.warmup < 0 or a.rounds < 1 or a.connections < 1:
         parser.error("durations must be positive, rounds and connections at least 1")
-    return Options(a.duration, a.warmup, a.rounds, a.connections, a.keep, a.json_out)
+    compare = []
+    for item in a.compare:
+        label, _, src = item.partition("=")
+        if not label or not src or not (Path(src) / "sidkeyd" / "__init__.py").exists():
+            parser.error(f"--compare {item!r}: want LABEL=SRC with SRC/sidkeyd/__init__.py")
+        compare.append((label, Path(src).resolve()))
+    return Options(
+        a.duration, a.warmup, a.rounds, a.connections, a.keep, a.json_out, tuple(compare)
+    )
 
 
 # -- setup -------------------------------------------------------------------------------
@@ -105,7 +124,7 @@ def build_loadgen(folder: Path) -> Path:
     return binary
 
 
-def make_targets(folder: Path) -> list[Target]:
+def make_targets(folder: Path, compare: tuple[tuple[str, Path], ...] = ()) -> list[Target]:
     keys = folder / "keys.toml"
     keys.write_text(FAKE_KEYS)
     targets = [
@@ -123,6 +142,17 @@ def make_targets(folder: Path) -> list[Target]:
         argv = [sys.executable, "-m", "sidkeyd", "serve", "-c", str(config)]
         log = folder / f"sidkeyd-{level}.log"
         targets.append(Target(label, argv, sock, log, audited=level == "info"))
+    for name, src in compare:
+        sock = folder / f"sidkeyd-{name}.sock"
+        config = folder / f"sidkeyd-{name}.toml"
+        config.write_text(
+            DAEMON_CONFIG.format(socket=sock, level="info", keys=keys, uid=os.getuid())
+        )
+        argv = [sys.executable, "-m", "sidkeyd", "serve", "-c", str(config)]
+        env = {**os.environ, "PYTHONPATH": str(src)}
+        log = folder / f"sidkeyd-{name}.log"
+        label = f"sidkeyd {name} ({src.parent.name}), audit log on"
+        targets.append(Target(label, argv, sock, log, audited=True, env=env))
     return targets
 
 
@@ -135,7 +165,9 @@ def baseline_target(folder: Path, mode: str, label: str) -> Target:
 def start(target: Target) -> None:
     # Logs go to a file: the audit log's write per signature is part of the real cost.
     with target.log.open("wb") as log:
-        target.process = subprocess.Popen(target.argv, stdout=log, stderr=subprocess.STDOUT)
+        target.process = subprocess.Popen(
+            target.argv, stdout=log, stderr=subprocess.STDOUT, env=target.env
+        )
 
 
 def wait_ready(target: Target) -> None:
@@ -346,7 +378,7 @@ def write_json(path: Path, targets: list[Target]) -> None:
 
 def run(opts: Options, folder: Path) -> int:
     binary = build_loadgen(folder)
-    targets = make_targets(folder)
+    targets = make_targets(folder, opts.compare)
     try:
         for target in targets:
             start(target)
