@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     health = commands.add_parser("health", help="exit 0 if every environment can sign")
     with_socket(health)
 
+    token = commands.add_parser("token", help="print a Smile ID V3 token as JSON")
+    token.add_argument("--env", required=True, help="environment name, e.g. sandbox")
+    with_socket(token)
+
     refresh = commands.add_parser("refresh", help="check the backend now (admin)")
     refresh.add_argument("--env", help="only this environment")
     with_socket(refresh)
@@ -173,6 +177,9 @@ def _client_command(args: argparse.Namespace) -> int:
             healthy, payload = client.health()
             _print_json(payload)
             return EXIT_OK if healthy else EXIT_NEGATIVE
+        if args.command == "token":
+            _print_json(client.token(args.env))
+            return EXIT_OK
         if args.command == "refresh":
             _print_json(client.refresh(args.env))
             return EXIT_OK

@@ -111,6 +111,15 @@ class Client:
         )
         return send(self.sign(environment))
 
+    def token(self, environment: str) -> dict[str, Any]:
+        """A Smile ID V3 token: ``{"token", "expires_at", "environment", "key_version"}``."""
+        return self._ok(*self.request("POST", "/v1/token", {"environment": environment}))
+
+    def report_token(self, environment: str, status: int | str = 401) -> dict[str, Any]:
+        """Tell the daemon Smile ID refused a token it gave: the next one is fresh."""
+        body = {"environment": environment, "kind": "token", "status": status}
+        return self._ok(*self.request("POST", "/v1/report", body))
+
     def refresh(self, environment: str | None = None) -> dict[str, Any]:
         body = {"environment": environment} if environment else {}
         return self._ok(*self.request("POST", "/v1/refresh", body))

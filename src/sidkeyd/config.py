@@ -149,6 +149,22 @@ class EnvironmentConfig:
     version: int | None = None  # vault kv v2 only: pin a version
     refresh: RefreshConfig = field(default_factory=RefreshConfig)
     allow: AccessPolicy | None = None  # None: any peer that can open the socket
+    smileid: SmileIdV3Config | None = None  # None: no V3 token for this environment
+
+
+SMILEID_BASE_URLS = {
+    "sandbox": "https://testapi.smileidentity.com",
+    "production": "https://api.smileidentity.com",
+}
+
+
+@dataclass(frozen=True)
+class SmileIdV3Config:
+    """Where sidkeyd gets an environment's V3 token (``POST /v3/token``) with the key it holds."""
+
+    url: str  # https base URL: SMILEID_BASE_URLS[smileid] unless smileid_url overrides it
+    ca_file: Path | None = None  # an extra CA bundle (a proxy, a test server)
+    timeout: timedelta = timedelta(seconds=10)
 
 
 def default_admin() -> AccessPolicy:

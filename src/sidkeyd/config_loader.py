@@ -17,8 +17,10 @@ from datetime import timedelta
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 from sidkeyd.config import (
+    SMILEID_BASE_URLS,
     AwsSourceConfig,
     Config,
     EnvironmentConfig,
@@ -26,6 +28,7 @@ from sidkeyd.config import (
     LogConfig,
     RefreshConfig,
     ServerConfig,
+    SmileIdV3Config,
     SourceConfig,
     VaultAuthConfig,
     VaultSourceConfig,
@@ -261,6 +264,27 @@ def _policy(table: TomlTable, empty: AccessPolicy | None) -> AccessPolicy:
     return AccessPolicy(frozenset(uids), frozenset(gids), frozenset(executables))
 
 
+def _smileid_v3(table: TomlTable) -> SmileIdV3Config | None:
+    """``smileid`` (sandbox/production) or ``smileid_url``; both absent: no V3 token."""
+    kind = table.choice("smileid", tuple(SMILEID_BASE_URLS), "") or None
+    url = table.optional_str("smileid_url")
+    ca_file = table.path("smileid_ca_file", None)
+    timeout = table.duration("smileid_timeout", SmileIdV3Config(url="").timeout)
+    if url is None and kind is None:
+        for key in ("smileid_ca_file", "smileid_timeout"):
+            if key in table.raw:
+                table.problem(key, "needs smileid or smileid_url")
+        return None
+    if url is not None:
+        parsed = urlsplit(url)
+        if parsed.scheme != "https" or not parsed.netloc or parsed.query or parsed.fragment:
+            table.problem("smileid_url", "must be an https URL without query or fragment")
+    if ca_file is not None and not ca_file.is_file():
+        table.problem("smileid_ca_file", f"{ca_file} is not a file")
+    base = url if url is not None else SMILEID_BASE_URLS[kind or "sandbox"]
+    return SmileIdV3Config(url=base.rstrip("/"), ca_file=ca_file, timeout=timeout)
+
+
 def _environment(
     name: str,
     table: TomlTable,
@@ -286,6 +310,7 @@ def _environment(
         version=table.optional_int("version", 1),
         refresh=_refresh(table, refresh, finish=False),
         allow=_policy(table.table("allow"), None) if "allow" in table.raw else None,
+        smileid=_smileid_v3(table),
     )
     if environment.version_stage is not None and source is not None and source.type != "aws":
         table.problem("version_stage", "only an aws source has version stages")

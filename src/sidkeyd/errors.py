@@ -18,7 +18,8 @@ The tree::
     │   │                           response (status, code, message), never escapes the daemon
     │   ├── BadRequest              the app's refusals: bad JSON, fields, policy, rate limit
     │   ├── FramingError            the transport's: HTTP that cannot be framed (then close)
-    │   └── TimestampError          a caller's timestamp is refused (also ValueError)
+    │   ├── TimestampError          a caller's timestamp is refused (also ValueError)
+    │   └── SmileIdError            Smile ID's V3 token endpoint gave no token (502/503/504)
     └── ClientError                 raised by sidkeyd.client
         ├── DaemonUnavailableError  the socket cannot be reached
         └── RequestFailedError      the daemon answered with an error (status, code, message)
@@ -147,6 +148,14 @@ class FramingError(RequestError):
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(code, message, status)
+
+
+class SmileIdError(RequestError):
+    """Smile ID's ``POST /v3/token`` gave no token; ``refused`` when it refused the key."""
+
+    def __init__(self, code: str, message: str, status: int = 502, *, refused: bool = False):
+        super().__init__(code, message, status)
+        self.refused = refused
 
 
 class TimestampError(RequestError, ValueError):

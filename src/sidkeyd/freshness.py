@@ -36,6 +36,7 @@ class Trigger(StrEnum):
     SIGNAL = "signal"
     REPORT = "report"
     VERIFY = "verify"  # a signature to verify matched no key held
+    TOKEN = "token"  # Smile ID refused the key for a V3 token
     NOTIFY = "notify"
 
 

@@ -113,12 +113,27 @@ class RetiredKey:
     retired_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class HeldToken:
+    """A Smile ID V3 token, minted with one key version (``HeldSecret``: never printed)."""
+
+    token: HeldSecret
+    key_version: str
+    issued_at: float  # epoch seconds
+    expires_at: float | None  # the JWT's ``exp``; None when it has none: served once
+
+
 class KeyStore:
-    """The only place keys are held. Accessed from the event loop thread only."""
+    """The only place keys (and the V3 tokens minted with them) are held.
+
+    Accessed from the event loop thread only. A token belongs to the key it was minted with:
+    replacing or dropping an environment's key drops its token in the same step.
+    """
 
     def __init__(self) -> None:
         self._current: dict[str, KeySnapshot] = {}
         self._previous: dict[str, RetiredKey] = {}
+        self._tokens: dict[str, HeldToken] = {}
 
     def get(self, environment: str) -> KeySnapshot | None:
         return self._current.get(environment)
@@ -130,6 +145,7 @@ class KeyStore:
         """Swap in ``snapshot``; the one it replaces is kept as the previous key."""
         old = self._current.get(snapshot.environment)
         self._current[snapshot.environment] = snapshot
+        self._tokens.pop(snapshot.environment, None)  # minted with the key just replaced
         if old is not None and old.version != snapshot.version:
             self._previous[snapshot.environment] = RetiredKey(old, now)
         return old
@@ -137,11 +153,28 @@ class KeyStore:
     def drop(self, environment: str) -> KeySnapshot | None:
         """Forget an environment's keys (revoked): current and previous."""
         self._previous.pop(environment, None)
+        self._tokens.pop(environment, None)
         return self._current.pop(environment, None)
 
+    def token(self, environment: str) -> HeldToken | None:
+        return self._tokens.get(environment)
+
+    def put_token(self, environment: str, token: HeldToken) -> bool:
+        """Hold ``token`` unless the key it was minted with is no longer current."""
+        current = self._current.get(environment)
+        if current is None or current.version != token.key_version:
+            return False
+        self._tokens[environment] = token
+        return True
+
+    def drop_token(self, environment: str) -> HeldToken | None:
+        return self._tokens.pop(environment, None)
+
     def secrets(self) -> Iterator[str]:
-        """Raw key material held right now: only for the log redactor."""
+        """Raw key material and tokens held right now: only for the log redactor."""
         for snapshot in self._current.values():
             yield snapshot.api_key.reveal()
         for retired in self._previous.values():
             yield retired.snapshot.api_key.reveal()
+        for token in self._tokens.values():
+            yield token.token.reveal()

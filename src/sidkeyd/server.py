@@ -29,6 +29,7 @@ from sidkeyd.rejections import RejectionLog
 from sidkeyd.rotation import KeyManager
 from sidkeyd.socketfile import bind_unix_socket, remove_socket
 from sidkeyd.sources import Source, build_source
+from sidkeyd.tokens import TokenBroker
 from sidkeyd.transport import HttpProtocol
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
@@ -97,11 +98,12 @@ class Server:
         )
         loop = asyncio.get_running_loop()
         rejections = RejectionLog(self._log, schedule=loop.call_later)
+        tokens = TokenBroker(config.environments, manager, self.store)
         self._install_signal_handlers(manager)
         deadline: float | None = None  # set when the shutdown starts
         try:
             await manager.start()
-            app = Application(config, manager, rejections=rejections)
+            app = Application(config, manager, rejections=rejections, tokens=tokens)
             limits = Limits(
                 max_header_bytes=config.server.max_header_bytes,
                 max_body_bytes=config.server.max_body_bytes,
@@ -138,6 +140,7 @@ class Server:
             sock.close()
             if deadline is None:  # start-up failed: the whole budget is left for the sources
                 deadline = loop.time() + config.server.shutdown_timeout.total_seconds()
+            tokens.stop()
             await manager.stop(max(0.0, deadline - loop.time()))
             rejections.flush(everything=True)
         self._log.info("daemon.stopped")

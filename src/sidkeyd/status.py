@@ -54,6 +54,10 @@ class EnvironmentStatus:
     next_check_at: str | None
     consecutive_failures: int
     last_error: ErrorStatus | None
+    # Smile ID V3 (environments with smileid/smileid_url): the held token's expiry and the
+    # last failure to get one (kind "token"); never the token.
+    token_expires_at: str | None = None
+    token_last_error: ErrorStatus | None = None
 
     def to_json(self, *, detailed: bool) -> dict[str, Any]:
         return {
@@ -71,12 +75,17 @@ class EnvironmentStatus:
             "next_check_at": self.next_check_at,
             "consecutive_failures": self.consecutive_failures,
             "last_error": self.last_error.to_json(detailed=detailed) if self.last_error else None,
+            "token_expires_at": self.token_expires_at,
+            "token_last_error": self.token_last_error.to_json(detailed=detailed)
+            if self.token_last_error
+            else None,
         }
 
     @classmethod
     def from_json(cls, environment: str, data: dict[str, Any]) -> EnvironmentStatus:
         """Read back what ``to_json`` wrote (fields a reduced view lacks are None)."""
         error = data.get("last_error")
+        token_error = data.get("token_last_error")
         return cls(
             environment=environment,
             health=data["health"],
@@ -97,6 +106,12 @@ class EnvironmentStatus:
             )
             if error
             else None,
+            token_expires_at=data.get("token_expires_at"),
+            token_last_error=ErrorStatus(
+                token_error["kind"], token_error["code"], token_error.get("reason"), None
+            )
+            if token_error
+            else None,
         )
 
     def lines(self) -> list[str]:
@@ -111,6 +126,7 @@ class EnvironmentStatus:
             ("loaded at", self.loaded_at),
             ("last success", self.last_success_at),
             ("next check", self.next_check_at),
+            ("token until", self.token_expires_at),
         ):
             if value is not None:
                 out.append(f"  {label:<13}{value}")
@@ -119,4 +135,6 @@ class EnvironmentStatus:
         if error is not None:
             described = f"{error.kind} {error.code}" + (f": {error.reason}" if error.reason else "")
         out.append(f"  last error   {described}")
+        if self.token_last_error is not None:
+            out.append(f"  token error  {self.token_last_error.code}")
         return out

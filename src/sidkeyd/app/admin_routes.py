@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable
+from dataclasses import replace
 from typing import Any
 
 from sidkeyd.app.access import Engine, EnvironmentGate
@@ -10,14 +11,23 @@ from sidkeyd.errors import BadRequest
 from sidkeyd.freshness import Health, Trigger
 from sidkeyd.http import Request, Response, json_response
 from sidkeyd.policy import AccessPolicy
+from sidkeyd.status import EnvironmentStatus
+from sidkeyd.tokens import TokenBroker
 from sidkeyd.validation import parse_fields
 
 
 class AdminRoutes:
-    def __init__(self, engine: Engine, gate: EnvironmentGate, admin: AccessPolicy) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        gate: EnvironmentGate,
+        admin: AccessPolicy,
+        tokens: TokenBroker | None = None,
+    ) -> None:
         self._engine = engine
         self._gate = gate
         self._admin = admin
+        self._tokens = tokens
 
     def refresh(self, request: Request) -> Awaitable[Response]:
         if not self._admin.permits(request.peer):
@@ -56,6 +66,8 @@ class AdminRoutes:
         for name in self._engine.environments:
             health, reason = self._engine.health(name)
             environments[name] = {"health": health.value, "reason": reason}
+            if self._tokens is not None and name in self._tokens:
+                environments[name]["token"] = "failing" if self._tokens.failing(name) else "ok"
             usable = usable and health is not Health.UNAVAILABLE
         status = 200 if usable else 503
         return json_response(
@@ -65,6 +77,13 @@ class AdminRoutes:
     def environment_status(self, *, detailed: bool = True) -> dict[str, dict[str, Any]]:
         """Per-environment state; without ``detailed``, no fingerprints and no error reasons."""
         return {
-            name: self._engine.status(name).to_json(detailed=detailed)
+            name: self._status(name).to_json(detailed=detailed)
             for name in self._engine.environments
         }
+
+    def _status(self, name: str) -> EnvironmentStatus:
+        status = self._engine.status(name)
+        if self._tokens is None or name not in self._tokens:
+            return status
+        expires_at, error = self._tokens.status(name)
+        return replace(status, token_expires_at=expires_at, token_last_error=error)

@@ -9,13 +9,15 @@ from typing import Any
 from sidkeyd.app.access import Engine, EnvironmentGate
 from sidkeyd.app.admin_routes import AdminRoutes
 from sidkeyd.app.key_routes import SigningRoutes
+from sidkeyd.app.token_routes import TokenRoutes
 from sidkeyd.config import Config
-from sidkeyd.errors import BadRequest, KeyUnavailableError
+from sidkeyd.errors import KeyUnavailableError, RequestError
 from sidkeyd.http import Request, Response, error_response
 from sidkeyd.log import get_logger, untrusted
 from sidkeyd.ratelimit import RateLimiter
 from sidkeyd.rejections import RejectionLog
 from sidkeyd.signing import TimestampClock
+from sidkeyd.tokens import TokenBroker
 
 Result = Response | Awaitable[Response]
 
@@ -29,6 +31,7 @@ class Application:
         clock: TimestampClock | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         rejections: RejectionLog | None = None,
+        tokens: TokenBroker | None = None,
     ) -> None:
         self._log = get_logger()
         self.rejections = rejections or RejectionLog(self._log)
@@ -42,6 +45,7 @@ class Application:
             if server.sign_rate_limit > 0
             else None
         )
+        token_routes = TokenRoutes(tokens, gate) if tokens is not None else None
         signing = SigningRoutes(
             engine,
             gate,
@@ -49,8 +53,9 @@ class Application:
             now=now,
             skew=server.timestamp_skew,
             limiter=limiter,
+            token_refused=token_routes.refused if token_routes else None,
         )
-        admin = AdminRoutes(engine, gate, config.admin)
+        admin = AdminRoutes(engine, gate, config.admin, tokens)
         self._routes: dict[str, dict[str, Callable[[Request], Result]]] = {
             "/v1/sign": {"POST": signing.sign},
             "/v1/verify": {"POST": signing.verify},
@@ -59,6 +64,8 @@ class Application:
             "/v1/status": {"GET": admin.status},
             "/v1/health": {"GET": admin.health},
         }
+        if token_routes is not None:
+            self._routes["/v1/token"] = {"POST": token_routes.token}
 
     def handle(self, request: Request) -> Result:
         methods = self._routes.get(request.path)
@@ -77,7 +84,7 @@ class Application:
             )
         try:
             result = handler(request)
-        except (BadRequest, KeyUnavailableError) as exc:
+        except (RequestError, KeyUnavailableError) as exc:
             return self._refused(request, exc)
         if isinstance(result, Response):
             return result
@@ -87,10 +94,10 @@ class Application:
         """An awaited route's refusals are answered as a synchronous route's are."""
         try:
             return await pending
-        except (BadRequest, KeyUnavailableError) as exc:
+        except (RequestError, KeyUnavailableError) as exc:
             return self._refused(request, exc)
 
-    def _refused(self, request: Request, exc: BadRequest | KeyUnavailableError) -> Response:
+    def _refused(self, request: Request, exc: RequestError | KeyUnavailableError) -> Response:
         if isinstance(exc, KeyUnavailableError):
             self._log_rejection(request, 503, exc.code)
             return error_response(503, exc.code, exc.message)

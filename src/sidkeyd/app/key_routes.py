@@ -26,6 +26,7 @@ class SigningRoutes:
         now: Callable[[], datetime],
         skew: timedelta,
         limiter: RateLimiter | None,
+        token_refused: Callable[[str, Request], Response] | None = None,
     ) -> None:
         self._engine = engine
         self._gate = gate
@@ -33,6 +34,7 @@ class SigningRoutes:
         self._now = now
         self._skew = skew
         self._limiter = limiter
+        self._token_refused = token_refused
         self._log = get_logger()
 
     def sign(self, request: Request) -> Response:
@@ -136,11 +138,23 @@ class SigningRoutes:
             },
         )
 
-    def report(self, request: Request) -> Awaitable[Response]:
+    def report(self, request: Request) -> Response | Awaitable[Response]:
+        """Smile ID refused a signature made with ``key_version`` (or, ``kind: "token"``, a V3
+        token from ``/v1/token``): check the backend now, within the report budget."""
         body = parse_fields(
-            request.body, required=("environment", "key_version", "status"), allow_int=("status",)
+            request.body,
+            required=("environment", "status"),
+            optional=("key_version", "kind"),
+            allow_int=("status",),
         )
         environment = self._gate.environment(body, request.peer)
+        kind = body.get("kind", "signature")
+        if kind == "token" and self._token_refused is not None:
+            return self._token_refused(environment, request)
+        if kind != "signature":
+            raise BadRequest("invalid_request", "field 'kind' must be 'signature' or 'token'")
+        if "key_version" not in body:
+            raise BadRequest("invalid_request", "field 'key_version' is required")
         return self._report(environment, body["key_version"], str(body["status"]), request)
 
     async def _report(

@@ -1,0 +1,57 @@
+"""``POST /v1/token``: a Smile ID V3 token for an environment, for the peers its policy allows."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+
+from sidkeyd.app.access import EnvironmentGate
+from sidkeyd.errors import BadRequest
+from sidkeyd.http import Request, Response, json_response
+from sidkeyd.log import get_logger
+from sidkeyd.tokens import TokenBroker, iso_epoch
+from sidkeyd.validation import parse_fields
+
+
+class TokenRoutes:
+    def __init__(self, broker: TokenBroker, gate: EnvironmentGate) -> None:
+        self._broker = broker
+        self._gate = gate
+        self._log = get_logger()
+
+    def token(self, request: Request) -> Awaitable[Response]:
+        body = parse_fields(request.body, required=("environment",))
+        environment = self._gate.environment(body, request.peer)
+        if environment not in self._broker:
+            raise BadRequest(
+                "token_not_configured",
+                f"{environment!r} has no Smile ID V3 URL: set smileid or smileid_url",
+                status=404,
+            )
+        return self._token(environment, request)
+
+    def refused(self, environment: str, request: Request) -> Response:
+        """``POST /v1/report`` with ``kind: "token"``: Smile ID refused a token we gave."""
+        if environment not in self._broker:
+            raise BadRequest("token_not_configured", f"{environment!r} has no Smile ID V3 URL")
+        reason = self._broker.refused(environment, **request.peer.log_fields())
+        return json_response(200, {"environment": environment, "kind": "token", "reason": reason})
+
+    async def _token(self, environment: str, request: Request) -> Response:
+        held = await self._broker.token(environment)
+        expires_at = iso_epoch(held.expires_at)
+        self._log.info(
+            "token.issued",
+            environment=environment,
+            key_version=held.key_version,
+            expires_at=expires_at,
+            **request.peer.log_fields(),
+        )
+        return json_response(
+            200,
+            {
+                "token": held.token.reveal(),
+                "expires_at": expires_at,
+                "environment": environment,
+                "key_version": held.key_version,
+            },
+        )
