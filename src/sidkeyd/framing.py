@@ -5,6 +5,13 @@
 message), after which the connection must be answered and closed. The state of the message
 being parsed lives in one ``_Message``, made at its first byte and dropped whole when it is
 complete or refused.
+
+Upgrades: llhttp ends an upgrade request at its head (skipping any body) and hands the rest
+of the bytes to the new protocol. sidkeyd speaks only HTTP/1.1, so an upgrade request is
+served as a plain one: the bytes after it are parsed by a fresh parser, first as its body
+(framed by its own ``Content-Length`` / ``Transfer-Encoding``, exactly as without the
+upgrade), then as the next request. No byte is skipped, so a body cannot be smuggled in as a
+request. ``CONNECT`` stays refused.
 """
 
 from __future__ import annotations
@@ -17,8 +24,17 @@ import httptools
 from sidkeyd.errors import FramingError
 from sidkeyd.log import get_logger
 
-# (method, path, body, keep_alive) of a complete request.
-OnRequest = Callable[[str, str, bytes, bool], None]
+
+@dataclass(frozen=True, slots=True)
+class ParsedRequest:
+    method: str
+    path: str
+    body: bytes
+    keep_alive: bool
+    http_1_0: bool  # an HTTP/1.0 client: keep-alive must be announced to be kept
+
+
+OnRequest = Callable[[ParsedRequest], None]
 
 
 @dataclass(slots=True)
@@ -29,6 +45,19 @@ class _Message:
     body_bytes: int = 0
     has_length: bool = False
     in_head: bool = True  # until the headers are complete
+    # The framing headers as sent, to frame the body of an upgrade request (see the module).
+    framing: list[bytes] = field(default_factory=list)
+    declares_body: bool = False  # a non-zero Content-Length or a Transfer-Encoding
+    expects_continue: bool = False  # Expect: 100-continue
+    awaiting_continue: bool = False  # a 100 Continue is due: headers in, no body byte yet
+    # Known once the headers are complete (the parser that read them may be replaced).
+    method: str = ""
+    keep_alive: bool = False
+    http_1_0: bool = False
+    upgrade_body: bool = False  # an upgrade request whose body follows the pause
+
+
+_EXPECT_CONTINUE = b"100-continue"
 
 
 class RequestReader:
@@ -47,11 +76,21 @@ class RequestReader:
         self._message: _Message | None = None  # None between messages
         self._partial_line = 0  # bytes of a head line httptools holds until it is complete
         self._chunk_body_bytes = 0  # body bytes parsed from the chunk being fed
+        self._synthetic_head = False  # the parser is reading a head made here (see feed)
 
     @property
     def in_message(self) -> bool:
         """A request has begun and is not complete: the read timeout applies."""
         return self._message is not None
+
+    @property
+    def awaiting_continue(self) -> bool:
+        """An HTTP/1.1 request asked for ``100 Continue`` and none of its body has arrived."""
+        return self._message is not None and self._message.awaiting_continue
+
+    def continue_sent(self) -> None:
+        if self._message is not None:
+            self._message.awaiting_continue = False
 
     def abandon(self) -> None:
         """Forget the message in progress (the connection is being closed)."""
@@ -59,6 +98,13 @@ class RequestReader:
 
     def feed(self, data: bytes) -> None:
         self._chunk_body_bytes = 0
+        rest = data
+        while rest:
+            rest = self._parse(rest)
+        self._check_partial_line(data)
+
+    def _parse(self, data: bytes) -> bytes:
+        """Parse ``data``; after an upgrade request, what is left for a fresh parser."""
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -70,13 +116,24 @@ class RequestReader:
             raise FramingError(
                 500, "internal_error", "the daemon failed to handle the request"
             ) from None
-        except httptools.HttpParserUpgrade:
-            raise FramingError(
-                400, "upgrade_not_supported", "protocol upgrades are not supported"
-            ) from None
+        except httptools.HttpParserUpgrade as upgrade:
+            return self._after_upgrade(data[upgrade.args[0] :])
         except httptools.HttpParserError as exc:
             raise FramingError(400, "malformed_request", f"malformed HTTP request: {exc}") from None
-        self._check_partial_line(data)
+        return b""
+
+    def _after_upgrade(self, rest: bytes) -> bytes:
+        """The upgrade request was HTTP/1.1 all along: parse on from where llhttp stopped.
+
+        Its body, if it declared one, is framed by a head that repeats only its framing
+        headers, so that the body is read exactly as it would be without ``Upgrade``.
+        """
+        self._parser = httptools.HttpRequestParser(self)
+        message = self._message
+        if message is None:
+            return rest
+        self._synthetic_head = True
+        return b"POST / HTTP/1.1\r\n" + b"".join(message.framing) + b"\r\n" + rest
 
     def _check_partial_line(self, data: bytes) -> None:
         """Bound a head line still arriving: httptools reports it only once complete.
@@ -100,34 +157,61 @@ class RequestReader:
     # -- parser callbacks ----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._synthetic_head:
+            return
         self._message = _Message()
         self._on_begin()
 
     def on_url(self, url: bytes) -> None:
+        if self._synthetic_head:
+            return
         message = self._current()
         message.url += url
         self._count_header_bytes(message, len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._synthetic_head:
+            return
         message = self._current()
         self._count_header_bytes(message, len(name) + len(value))
         lowered = name.lower()
         if lowered == b"content-length":
             message.has_length = True
-            if value.strip().isdigit() and int(value) > self._max_body_bytes:
-                raise self._body_too_large()
+            message.framing.append(b"Content-Length: " + value + b"\r\n")
+            if value.strip().isdigit():
+                if int(value) > self._max_body_bytes:
+                    raise self._body_too_large()
+                message.declares_body = message.declares_body or int(value) > 0
         elif lowered == b"transfer-encoding":
             message.has_length = True
+            message.framing.append(b"Transfer-Encoding: " + value + b"\r\n")
+            message.declares_body = True
+        elif lowered == b"expect":
+            message.expects_continue = value.strip().lower() == _EXPECT_CONTINUE
 
     def on_headers_complete(self) -> None:
-        self._current().in_head = False
-        # Refused here, before the request is handled: llhttp would complete an upgrade
-        # request without its body and leave the rest of the bytes to the new protocol.
-        if self._parser.should_upgrade():
-            raise FramingError(400, "upgrade_not_supported", "protocol upgrades are not supported")
+        if self._synthetic_head:
+            self._synthetic_head = False
+            return
+        message = self._current()
+        parser = self._parser
+        message.in_head = False
+        message.method = parser.get_method().decode("ascii", "replace")
+        message.keep_alive = parser.should_keep_alive()
+        message.http_1_0 = parser.get_http_version() == "1.0"
+        if parser.should_upgrade():
+            # A tunnel is no HTTP request to serve: refused before it is handled.
+            if message.method == "CONNECT":
+                raise FramingError(400, "upgrade_not_supported", "CONNECT is not supported")
+            message.upgrade_body = message.declares_body
+        # A 100 Continue is an HTTP/1.1 interim response, owed only when a body is coming.
+        message.awaiting_continue = (
+            message.expects_continue and message.declares_body and not message.http_1_0
+        )
 
     def on_body(self, body: bytes) -> None:
         message = self._current()
+        message.awaiting_continue = False
         message.body_bytes += len(body)
         self._chunk_body_bytes += len(body)
         if message.body_bytes > self._max_body_bytes:
@@ -136,8 +220,11 @@ class RequestReader:
 
     def on_message_complete(self) -> None:
         message = self._current()
+        if message.upgrade_body:
+            message.upgrade_body = False  # llhttp skipped the body: it is read after the pause
+            return
         self._message = None
-        method = self._parser.get_method().decode("ascii", "replace")
+        method = message.method
         try:
             path = httptools.parse_url(message.url).path.decode("utf-8")
         except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
@@ -146,7 +233,8 @@ class RequestReader:
             ) from None
         if method in ("POST", "PUT", "PATCH") and not message.has_length:
             raise FramingError(411, "length_required", "a request body needs Content-Length")
-        self._on_request(method, path, b"".join(message.body), self._parser.should_keep_alive())
+        body = b"".join(message.body)
+        self._on_request(ParsedRequest(method, path, body, message.keep_alive, message.http_1_0))
 
     # -- limits --------------------------------------------------------------------------
 

@@ -49,11 +49,24 @@ def reason_phrase(status: int) -> str:
 
 
 _OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+# The interim response to ``Expect: 100-continue``: send the body.
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-def encode_response(response: Response, *, keep_alive: bool) -> bytes:
-    """The response on the wire: status line, headers, JSON body."""
-    if response.status == 200 and keep_alive and not response.headers and not response.close:
+def encode_response(
+    response: Response,
+    *,
+    keep_alive: bool,
+    announce_keep_alive: bool = False,
+    omit_body: bool = False,
+) -> bytes:
+    """The response on the wire: status line, headers, JSON body.
+
+    ``announce_keep_alive``: an HTTP/1.0 client closes unless told ``Connection: keep-alive``.
+    ``omit_body``: the answer to HEAD, with the headers (and ``Content-Length``) of the GET.
+    """
+    plain = not (response.headers or response.close or announce_keep_alive or omit_body)
+    if response.status == 200 and keep_alive and plain:
         return b"%s%d\r\n\r\n%s" % (_OK_HEAD, len(response.body), response.body)
     head = [
         f"HTTP/1.1 {response.status} {reason_phrase(response.status)}",
@@ -63,4 +76,7 @@ def encode_response(response: Response, *, keep_alive: bool) -> bytes:
     head.extend(f"{name}: {value}" for name, value in response.headers)
     if not keep_alive or response.close:
         head.append("Connection: close")
-    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + response.body
+    elif announce_keep_alive:
+        head.append("Connection: keep-alive")
+    body = b"" if omit_body else response.body
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body

@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from sidkeyd.connections import ConnectionTracker, Limits
 from sidkeyd.deadline import Deadline
 from sidkeyd.errors import FramingError
-from sidkeyd.framing import RequestReader
-from sidkeyd.http import Request, Response, encode_response, error_response
+from sidkeyd.framing import ParsedRequest, RequestReader
+from sidkeyd.http import CONTINUE, Request, Response, encode_response, error_response
 from sidkeyd.log import get_logger
 from sidkeyd.peer import UNKNOWN_PEER, Peer, read_peer_credentials
 
@@ -48,6 +49,19 @@ WRITE_BUFFER_LOW = 16 * 1024
 FEED_SLICE = 16 * 1024
 
 
+@dataclass(frozen=True, slots=True)
+class _Exchange:
+    """A parsed request and how its response must be framed."""
+
+    request: Request
+    keep_alive: bool
+    http_1_0: bool
+
+    @property
+    def head(self) -> bool:
+        return self.request.method == "HEAD"
+
+
 class HttpProtocol(asyncio.Protocol):
     def __init__(
         self, handle: Handler, limits: Limits, tracker: ConnectionTracker, rejections: Rejections
@@ -71,7 +85,7 @@ class HttpProtocol(asyncio.Protocol):
         self._held: memoryview | None = None  # received, not yet parsed (see FEED_SLICE)
         # Dispatch: parsed requests waiting, and whether one is being answered off the loop.
         # A Response in the queue is a refusal made while reading: sent in its turn.
-        self._queue: deque[tuple[Request | Response, bool]] = deque()
+        self._queue: deque[_Exchange | Response] = deque()
         self._busy = False
         # Timers: one for read and idle (it wakes at least as often as the shorter of the two),
         # one for responses that do not drain.
@@ -183,14 +197,32 @@ class HttpProtocol(asyncio.Protocol):
             self._reader.feed(data)
         except FramingError as refused:
             self._fail(refused.status, refused.code, refused.message)
+            return
+        self._send_continue_if_due()
+
+    def _send_continue_if_due(self) -> None:
+        """Answer ``Expect: 100-continue`` once every earlier response is out, in order.
+
+        Not owed once the body has begun to arrive (the reader clears it then); a request
+        refused from its headers (too large) gets its final 4xx instead.
+        """
+        if (
+            self._reader.awaiting_continue
+            and not (self._busy or self._queue)
+            and self._transport is not None
+            and not self._transport.is_closing()
+        ):
+            self._reader.continue_sent()
+            self._transport.write(CONTINUE)
 
     # -- from the reader -----------------------------------------------------------------
 
     def _request_began(self) -> None:
         self._read_idle.move(self._limits.read_timeout_s)
 
-    def _received(self, method: str, path: str, body: bytes, keep_alive: bool) -> None:
-        self._queue.append((Request(method, path, body, self._peer), keep_alive))
+    def _received(self, parsed: ParsedRequest) -> None:
+        request = Request(parsed.method, parsed.path, parsed.body, self._peer)
+        self._queue.append(_Exchange(request, parsed.keep_alive, parsed.http_1_0))
         if len(self._queue) > MAX_PIPELINED and self._transport is not None:
             self._transport.pause_reading()
         if not self._busy:
@@ -200,13 +232,16 @@ class HttpProtocol(asyncio.Protocol):
 
     def _run_queue(self) -> None:
         while self._queue and not (self._busy or self._write_paused or self._transport is None):
-            request, keep_alive = self._queue.popleft()
-            result = request if isinstance(request, Response) else self._handle(request)
+            exchange = self._queue.popleft()
+            if isinstance(exchange, Response):
+                self._send(exchange, None)  # a refusal: the last answer on this connection
+                continue
+            result = self._handle(exchange.request)
             if isinstance(result, Response):
-                self._send(result, keep_alive)
+                self._send(result, exchange)
             else:
                 self._busy = True
-                self._loop.create_task(self._finish(result, keep_alive))
+                self._loop.create_task(self._finish(result, exchange))
                 return
         if self._transport is not None and not self._queue:
             self._update_reading()
@@ -216,23 +251,38 @@ class HttpProtocol(asyncio.Protocol):
                 self._read_idle.move(self._limits.idle_timeout_s)
             elif not self._read_idle.running:
                 self._on_timeout()  # the read timeout passed while a response was pending
+            else:
+                self._send_continue_if_due()
 
-    async def _finish(self, pending: Awaitable[Response], keep_alive: bool) -> None:
+    async def _finish(self, pending: Awaitable[Response], exchange: _Exchange) -> None:
         try:
             response = await pending
         except Exception:
             self._log.exception("request.failed")
             response = error_response(500, "internal_error", "the daemon failed to answer")
         self._busy = False
-        self._send(response, keep_alive)
+        self._send(response, exchange)
         self._run_queue()
         self._feed_held()
 
-    def _send(self, response: Response, keep_alive: bool) -> None:
+    def _send(self, response: Response, exchange: _Exchange | None) -> None:
+        """Write ``response`` to ``exchange`` (None: to a request that could not be framed)."""
         if self._transport is None or self._transport.is_closing():
             return  # a response with Connection: close was the last one
-        keep_alive = keep_alive and not response.close and not self._tracker.closing
-        self._transport.write(encode_response(response, keep_alive=keep_alive))
+        keep_alive = (
+            exchange is not None
+            and exchange.keep_alive
+            and not response.close
+            and not self._tracker.closing
+        )
+        self._transport.write(
+            encode_response(
+                response,
+                keep_alive=keep_alive,
+                announce_keep_alive=exchange is not None and exchange.http_1_0,
+                omit_body=exchange is not None and exchange.head,
+            )
+        )
         if not keep_alive:
             self._queue.clear()
             self._close()
@@ -252,7 +302,7 @@ class HttpProtocol(asyncio.Protocol):
         # Requests received whole before the bad bytes are still answered, in order (behind a
         # pending or write-paused one too); the refusal goes last, then the close.
         self._closing = True
-        self._queue.append((error_response(status, code, message, close=True), False))
+        self._queue.append(error_response(status, code, message, close=True))
         if not self._busy:
             self._run_queue()
 

@@ -34,6 +34,8 @@ def parse_fields(
 ) -> dict[str, str]:
     """The body's fields as strings; unknown, missing or non-string fields are BadRequest.
 
+    An ``optional`` field that is ``null`` is absent: Jackson, PHP's ``json_encode`` and
+    Ruby's ``to_json`` write unset fields so. A ``null`` required field is still refused.
     ``allow_int`` fields may also be JSON integers (made strings); ``allow_empty`` takes an
     empty body as no fields.
     """
@@ -45,6 +47,9 @@ def parse_fields(
         raise BadRequest("invalid_json", "request body must be a JSON object") from None
     if not isinstance(body, dict):
         raise BadRequest("invalid_json", "request body must be a JSON object")
+    for name in optional:
+        if name in body and body[name] is None:
+            del body[name]
     unknown = sorted(set(body) - set(required) - set(optional))
     if unknown:
         raise BadRequest("invalid_request", f"unknown field {untrusted(unknown[0], 64)!r}")
@@ -54,6 +59,8 @@ def parse_fields(
     for name, value in body.items():
         if isinstance(value, int) and not isinstance(value, bool) and name in allow_int:
             body[name] = str(value)
+        elif value is None:
+            raise BadRequest("invalid_request", f"field {name!r} is required, not null")
         elif not isinstance(value, str):
             raise BadRequest("invalid_request", f"field {name!r} must be a string")
         elif not value.isascii() and not _is_utf8_text(value):

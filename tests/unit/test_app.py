@@ -144,3 +144,36 @@ def test_status_and_health(app) -> None:
         len(status["environments"]["sandbox"]["fingerprint"]),
     )
     assert (200, "ok") == (code, health["status"])
+
+
+@pytest.mark.parametrize("path", ["/v1/status", "/v1/health"])
+def test_head_is_answered_like_get(app, path: str) -> None:
+    """HEAD on a GET route gets the GET's status and body (the transport drops the body)."""
+    assert call(app, "GET", path) == call(app, "HEAD", path)
+
+
+@pytest.mark.parametrize("path", ["/v1/status", "/v1/health"])
+def test_a_405_on_a_get_route_allows_get_and_head(app, path: str) -> None:
+    """The Allow header of a wrong method on /v1/status and /v1/health lists GET, HEAD."""
+    application, _ = app
+    response = application.handle(Request("DELETE", path, b"", ME))
+    assert isinstance(response, Response)
+    assert (405, (("Allow", "GET, HEAD"),)) == (response.status, response.headers)
+
+
+def test_a_null_timestamp_signs_now(app) -> None:
+    """sign with ``"timestamp": null`` (how Jackson writes an unset field) signs the clock's."""
+    status, body = call(app, "POST", "/v1/sign", {"environment": "sandbox", "timestamp": None})
+    assert (200, "2026-11-25T22:04:11.123Z") == (status, body["timestamp"])
+
+
+def test_a_null_environment_in_sign_is_a_precise_400(app) -> None:
+    """sign's required environment as null stays a 400 invalid_request."""
+    status, body = call(app, "POST", "/v1/sign", {"environment": None})
+    assert (400, "invalid_request") == (status, body["error"]["code"])
+
+
+def test_a_null_environment_in_refresh_refreshes_every_environment(app) -> None:
+    """refresh's optional environment as null is a refresh of all of them."""
+    status, body = call(app, "POST", "/v1/refresh", {"environment": None})
+    assert (200, ["sandbox"]) == (status, [r["environment"] for r in body["results"]])

@@ -61,8 +61,9 @@ class Application:
             "/v1/verify": {"POST": signing.verify},
             "/v1/report": {"POST": signing.report},
             "/v1/refresh": {"POST": admin.refresh},
-            "/v1/status": {"GET": admin.status},
-            "/v1/health": {"GET": admin.health},
+            # HEAD is the GET without its body (the transport leaves the body out).
+            "/v1/status": {"GET": admin.status, "HEAD": admin.status},
+            "/v1/health": {"GET": admin.health, "HEAD": admin.health},
         }
         if token_routes is not None:
             self._routes["/v1/token"] = {"POST": token_routes.token}
