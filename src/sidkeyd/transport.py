@@ -160,7 +160,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         # No timer is armed here: bytes between requests (stray CRLFs, which the parser
         # skips) must not keep an idle connection open; the start of a request arms it.
-        if self._held is None and len(data) <= FEED_SLICE:
+        if self._held is None and len(data) <= FEED_SLICE and not self._backlogged():
             self._feed(data)
             return
         held = bytes(self._held) + data if self._held is not None else data
@@ -176,8 +176,11 @@ class HttpProtocol(asyncio.Protocol):
         self._update_reading()
 
     def _backlogged(self) -> bool:
+        # While a request waits on a backend (busy), what follows it stays unparsed: parsed, it
+        # would be queued with its body, and a client could pile up MAX_PIPELINED bodies.
         return (
-            self._write_paused
+            self._busy
+            or self._write_paused
             or len(self._queue) > MAX_PIPELINED
             or self._closing
             or self._transport is None
@@ -187,7 +190,12 @@ class HttpProtocol(asyncio.Protocol):
         """Read only while nothing is held back; unread bytes wait in the kernel's buffer."""
         if self._transport is None or self._eof:
             return
-        if self._held is not None or self._write_paused or len(self._queue) > MAX_PIPELINED:
+        if (
+            self._held is not None
+            or self._busy
+            or self._write_paused
+            or len(self._queue) > MAX_PIPELINED
+        ):
             self._transport.pause_reading()
         else:
             self._transport.resume_reading()
@@ -241,6 +249,7 @@ class HttpProtocol(asyncio.Protocol):
                 self._send(result, exchange)
             else:
                 self._busy = True
+                self._update_reading()  # what follows waits in the kernel's buffer
                 self._loop.create_task(self._finish(result, exchange))
                 return
         if self._transport is not None and not self._queue:

@@ -116,7 +116,9 @@ BOTOCORE_ERRORS: Final[tuple[tuple[type[Exception], type[SourceError], str], ...
 )
 
 
-_AWS_CODE = re.compile(r"[A-Za-z][A-Za-z0-9_.]{0,63}")
+# AWS error codes are CamelCase words (AccessDeniedException); a code the tables do not know
+# is shown only if it has that shape, digits excluded: a hex or base64 key fits any looser one.
+_AWS_CODE = re.compile(r"[A-Z][A-Za-z_.]{0,63}")
 
 
 def translate_error(exc: Exception, region: str) -> SourceError:
@@ -134,8 +136,8 @@ def translate_error(exc: Exception, region: str) -> SourceError:
 def _translate_client_error(exc: bx.ClientError, region: str) -> SourceError:
     error = exc.response.get("Error", {})
     aws_code = str(error.get("Code", "Unknown"))
-    if not _AWS_CODE.fullmatch(aws_code):  # the endpoint's words: shown only if code-shaped
-        aws_code = "Unknown"
+    if aws_code not in ERROR_CODES and not _AWS_CODE.fullmatch(aws_code):
+        aws_code = "Unknown"  # the endpoint's words: shown only if code-shaped
     aws_message = backend_text(str(error.get("Message", "")))
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
     operation = exc.operation_name
