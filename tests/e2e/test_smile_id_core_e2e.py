@@ -244,3 +244,12 @@ def test_a_partner_id_the_daemon_does_not_sign_for_is_a_clear_error(
     with pytest.raises(PartnerMismatchError, match=r"'999' does not match .* partner_id '085'"):
         api.submit_job({**PARTNER_PARAMS, "job_type": 5}, id_info)
     assert 0 == sum(fake.calls.values())
+
+
+def test_an_explicit_environment_needs_no_placeholder(daemon: Daemon, fake: FakeSmileId) -> None:
+    """``install(environment=...)``: SDK objects built with any api_key string sign there."""
+    with install(environment="sandbox", socket=daemon.socket_path):
+        api = IdApi(PARTNER, "any-old-string", fake.url)
+        id_info = {"country": "NG", "id_type": "BVN", "id_number": "00000000000", "entered": True}
+        assert succeeded(api.submit_job({**PARTNER_PARAMS, "job_type": 5}, id_info))
+    assert 0 == fake.refused
