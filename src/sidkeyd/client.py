@@ -23,8 +23,10 @@ __all__ = [
     "ClientError",
     "DaemonUnavailableError",
     "EnvironmentStatus",
+    "PartnerMismatchError",
     "RequestFailedError",
     "Signature",
+    "placeholder_key",
 ]
 
 T = TypeVar("T")
@@ -45,6 +47,32 @@ def is_unauthorized(response: object) -> bool:
 
 def default_socket_path() -> str:
     return os.environ.get("SIDKEYD_SOCKET") or str(DEFAULT_SOCKET_PATH)
+
+
+def encode_request(method: str, path: str, body: dict[str, Any] | None) -> bytes:
+    payload = b"" if body is None else json.dumps(body).encode("utf-8")
+    head = f"{method} {path} HTTP/1.1\r\nHost: sidkeyd\r\n"
+    if body is not None:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+    return head.encode("ascii") + b"\r\n" + payload
+
+
+def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
+    """The status and the (lower-cased) headers of a response head without its blank line."""
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers
+
+
+def ok_payload(status: int, payload: dict[str, Any]) -> dict[str, Any]:
+    if status != 200:
+        error = payload.get("error", {})
+        raise RequestFailedError(status, error.get("code", "unknown"), error.get("message", ""))
+    return payload
 
 
 class Client:
@@ -139,11 +167,7 @@ class Client:
     def request(
         self, method: str, path: str, body: dict[str, Any] | None = None
     ) -> tuple[int, dict[str, Any]]:
-        payload = b"" if body is None else json.dumps(body).encode("utf-8")
-        head = f"{method} {path} HTTP/1.1\r\nHost: sidkeyd\r\n"
-        if body is not None:
-            head += f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
-        message = head.encode("ascii") + b"\r\n" + payload
+        message = encode_request(method, path, body)
         with self._lock:
             # A kept-alive connection may have been closed by the daemon (idle timeout,
             # restart): one retry on a fresh connection when nothing came back.
@@ -185,12 +209,7 @@ class Client:
 
     def _read_response(self, sock: socket.socket) -> tuple[int, dict[str, Any]]:
         head = self._read_until(sock, b"\r\n\r\n", got_any=False)
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ", 2)[1])
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
+        status, headers = parse_head(head)
         length = int(headers.get("content-length", "0"))
         while len(self._buffer) < length:
             self._recv(sock, got_any=True)
@@ -213,34 +232,106 @@ class Client:
             raise _ConnectionDropped()
         self._buffer += chunk
 
-    @staticmethod
-    def _ok(status: int, payload: dict[str, Any]) -> dict[str, Any]:
-        if status != 200:
-            error = payload.get("error", {})
-            raise RequestFailedError(status, error.get("code", "unknown"), error.get("message", ""))
-        return payload
+    _ok = staticmethod(ok_payload)
 
 
 class _ConnectionDropped(Exception):
     """The daemon closed a kept-alive connection before answering."""
 
 
+class PartnerMismatchError(ClientError):
+    """The caller's partner_id is not the one sidkeyd signs with for that environment."""
+
+
+PLACEHOLDER_PREFIX = "sidkeyd:"
+ENVIRONMENT_VARIABLE = "SIDKEYD_ENVIRONMENT"
+
+
+def placeholder_key(environment: str) -> str:
+    """The api_key to give an SDK in place of a key: it names the environment, nothing more."""
+    return PLACEHOLDER_PREFIX + environment
+
+
+def resolve_environment(environment: str | None, api_key: object) -> str:
+    """``environment=``, else ``$SIDKEYD_ENVIRONMENT``, else a ``sidkeyd:<env>`` api_key.
+
+    ``api_key`` is only inspected for the placeholder prefix: never kept, never shown.
+    """
+    if environment:
+        return environment
+    from_env = os.environ.get(ENVIRONMENT_VARIABLE)
+    if from_env:
+        return from_env
+    if isinstance(api_key, str) and api_key.startswith(PLACEHOLDER_PREFIX):
+        named = api_key.removeprefix(PLACEHOLDER_PREFIX)
+        if named:
+            return named
+    raise ClientError(
+        "no sidkeyd environment: pass environment=..., set $SIDKEYD_ENVIRONMENT, or give "
+        f"the placeholder api_key {placeholder_key('<environment>')!r}"
+    )
+
+
+def check_partner(expected: str | None, environment: str, actual: object) -> None:
+    """A caller that names its partner_id must name the daemon's, or every signature is wrong."""
+    if expected is not None and str(expected) != str(actual):
+        raise PartnerMismatchError(
+            f"partner_id {str(expected)!r} does not match sidkeyd's environment "
+            f"{environment!r}, which signs for partner_id {str(actual)!r}"
+        )
+
+
 class Signature:
-    """Drop-in for smile-id-core's ``Signature``: signatures come from sidkeyd, not a local key."""
+    """Drop-in for smile-id-core's ``Signature``: signatures come from sidkeyd, not a local key.
+
+    Takes every call form of smile-id-core 3.x (``Signature(partner_id, api_key)``, keywords,
+    ``confirm_signature(timestamp, msg_signature)``). ``api_key`` is never stored, sent or
+    shown; it may be the placeholder ``"sidkeyd:<environment>"``.
+    """
 
     def __init__(
         self,
-        environment: str = "production",
+        partner_id: str | None = None,
+        api_key: str | None = None,
+        *,
+        environment: str | None = None,
         socket: str | os.PathLike[str] | None = None,
         client: Client | None = None,
     ) -> None:
-        self.environment = environment
+        self.environment = resolve_environment(environment, api_key)
+        self.partner_id = None if partner_id is None else str(partner_id)
         self._client = client or Client(socket)
+        self._partner_checked = self.partner_id is None
+
+    def __repr__(self) -> str:
+        return f"Signature(environment={self.environment!r}, partner_id={self.partner_id!r})"
+
+    def sign(self, timestamp: str | None = None) -> dict[str, Any]:
+        """The daemon's whole answer (``key_version`` included), partner_id checked."""
+        signed = self._client.sign(self.environment, timestamp)
+        check_partner(self.partner_id, self.environment, signed.get("partner_id"))
+        self._partner_checked = True
+        return signed
 
     def generate_signature(self, timestamp: str | None = None) -> dict[str, str]:
         """``{"signature", "timestamp"}``; without a timestamp the daemon makes one (UTC, ms, Z)."""
-        signed = self._client.sign(self.environment, timestamp)
+        signed = self.sign(timestamp)
         return {"signature": signed["signature"], "timestamp": signed["timestamp"]}
 
-    def confirm_signature(self, timestamp: str, signature: str) -> bool:
-        return bool(self._client.verify(self.environment, timestamp, signature)["valid"])
+    def confirm_signature(
+        self, timestamp: str, msg_signature: str | None = None, *, signature: str | None = None
+    ) -> bool:
+        """True when the daemon's key signed ``timestamp`` (``signature=`` is the old name)."""
+        given = msg_signature if msg_signature is not None else signature
+        if given is None:
+            raise TypeError("confirm_signature() needs the signature to check (msg_signature)")
+        if not self._partner_checked:
+            self._check_partner_by_status()
+        return bool(self._client.verify(self.environment, timestamp, given)["valid"])
+
+    def _check_partner_by_status(self) -> None:
+        environments = self._client.status()["environments"]
+        held = environments.get(self.environment, {}).get("partner_id")
+        if held is not None:  # an unknown environment: verify answers with its own error
+            check_partner(self.partner_id, self.environment, held)
+            self._partner_checked = True

@@ -72,7 +72,8 @@ class FakeV3:
     def valid(self, token: str) -> bool:
         try:
             head, payload, signature = token.split(".")
-            expected = _b64(hmac.new(SIGNING_SECRET, f"{head}.{payload}".encode(), "sha256").digest())
+            mac = hmac.new(SIGNING_SECRET, f"{head}.{payload}".encode(), "sha256")
+            expected = _b64(mac.digest())
             claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
         except ValueError:
             return False
