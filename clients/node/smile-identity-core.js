@@ -112,7 +112,7 @@ class Integration {
   signatureFor(partnerId, timestamp) {
     this.lastUsed = Date.now();
     let signed;
-    const fresh = this.presigned && Date.now() - this.presigned.fetchedAt <= this.maxAgeMs;
+    const fresh = this.presigned && Date.now() - this.presigned.fetchedAt < this.maxAgeMs;
     if (timestamp === undefined && fresh) {
       signed = this.presigned;
       this.stats.presigned += 1;
