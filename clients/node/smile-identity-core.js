@@ -154,6 +154,8 @@ class Integration {
     try {
       await this.client.report(this.environment, version, 401);
       if (this.presigned?.key_version === version) this.presigned = null;
+      // The client's one connection answers in order: a refresh sent before the report was
+      // answered before it, one sent after it is signed with the key held after the check.
       await this.refresh();
     } catch {
       // The daemon is unreachable: the SDK's own error is the one to surface.
