@@ -336,6 +336,17 @@ def test_sdk_flows_are_refused_without_sidkeyd(node_sdk: NodeRun, fake: NodeSdkF
     assert len(FLOWS) == fake.refused
 
 
+def test_a_job_status_answer_signed_with_another_key_is_refused(
+    node_modules: Path, daemon: Daemon, tmp_path: Path
+) -> None:
+    """confirm_signature through the daemon: an impostor's job-status answer fails the SDK."""
+    with NodeSdkFake(KEY, PARTNER, tls_dir=tmp_path / "tls", response_key=ROTATED_KEY) as fake:
+        result = NodeRun(node_modules, daemon, fake)("sdk_flows.js", "--flows=job_status")
+    expected = {"ok": False, "statuses": ["Unable to confirm validity of the job_status response"]}
+    assert expected == result["rounds"][0]["job_status"]
+    assert 1 == result["stats"]["verified"]
+
+
 def test_rotation_costs_at_most_one_rejected_call_per_flow(
     node_sdk: NodeRun, fake: NodeSdkFake, daemon: Daemon
 ) -> None:

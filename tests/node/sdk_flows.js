@@ -1,7 +1,7 @@
 "use strict";
 // The SDK's own flows, run against the fake Smile ID server with a placeholder key.
 //
-//   node tests/node/sdk_flows.js [--without-sidkeyd] [--rotation]
+//   node tests/node/sdk_flows.js [--without-sidkeyd] [--rotation] [--flows=a,b]
 //
 // env: SIDKEYD_SOCKET, SMILEID_SERVER (host:port/v1; the SDK adds https://), PARTNER_ID.
 // Prints {"rounds": [{flow: {ok, statuses}}], "stats": {...}}. With --rotation it runs every
@@ -71,7 +71,8 @@ async function run(flow, attempts) {
 }
 
 async function round(attempts, { together = false } = {}) {
-  const names = Object.keys(FLOWS);
+  const only = process.argv.find((arg) => arg.startsWith("--flows="));
+  const names = only ? only.slice("--flows=".length).split(",") : Object.keys(FLOWS);
   const results = together
     ? await Promise.all(names.map((name) => run(name, attempts)))
     : await names.reduce(

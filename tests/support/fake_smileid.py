@@ -73,11 +73,13 @@ class FakeSmileId:
         tls_dir: Path | None = None,
         polls_until_complete: int = 1,
         port: int = 0,
+        response_key: str | None = None,
     ) -> None:
         if (api_key is None) == (key_file is None):
             raise ValueError("give exactly one of api_key and key_file")
         self.partner_id = partner_id
         self.polls_until_complete = polls_until_complete
+        self.response_key = response_key  # an impostor's key for job-status answers
         self.calls: Counter[str] = Counter()
         self.refused_by: Counter[str] = Counter()
         self.ca_file: Path | None = None
@@ -198,7 +200,9 @@ class FakeSmileId:
             "code": "2302",
             "result": {"ResultCode": "0810", "ResultText": "Enroll User"},
             "timestamp": timestamp,
-            "signature": smile_signature(self.current_key(), timestamp, self.partner_id),
+            "signature": smile_signature(
+                self.response_key or self.current_key(), timestamp, self.partner_id
+            ),
         }
 
     def zip_ok(self, payload: bytes) -> bool:
