@@ -47,6 +47,8 @@ class Integration {
     if (typeof environment !== "string" || !environment) {
       throw new TypeError("install() needs the sidkeyd environment to sign for");
     }
+    const smileId = sdk || loadSdk(); // first: nothing is started when the SDK is missing
+    const axios = loadAxios(smileId);
     this.environment = environment;
     this.refreshMs = refreshMs;
     this.maxAgeMs = maxAgeMs;
@@ -59,9 +61,8 @@ class Integration {
     this.lastUsed = Date.now();
     this.refreshing = null;
     this.restore = [];
-    const smileId = sdk || loadSdk();
     this.patchSignature(smileId);
-    this.patchAxios(loadAxios(smileId));
+    this.patchAxios(axios);
     this.ready = this.refresh();
     this.ready.catch(() => {}); // a daemon not up yet is no unhandled rejection
     this.timer = setInterval(() => {
