@@ -102,7 +102,9 @@ class Server:
         self._install_signal_handlers(manager)
         deadline: float | None = None  # set when the shutdown starts
         try:
-            await manager.start()
+            if not await self._started(manager):
+                self._log.info("daemon.stopping", during="startup")
+                return  # a stop signal came during the first loads: the finally stops it all
             app = Application(config, manager, rejections=rejections, tokens=tokens)
             limits = Limits(
                 max_header_bytes=config.server.max_header_bytes,
@@ -143,7 +145,23 @@ class Server:
             tokens.stop()
             await manager.stop(max(0.0, deadline - loop.time()))
             rejections.flush(everything=True)
-        self._log.info("daemon.stopped")
+            self._log.info("daemon.stopped")
+
+    async def _started(self, manager: KeyManager) -> bool:
+        """The first load of every environment, unless a stop signal comes first (False).
+
+        A backend that hangs at start-up must not hold a SIGTERM until its own timeouts pass.
+        """
+        start = asyncio.ensure_future(manager.start())
+        stop = asyncio.ensure_future(self._should_exit.wait())
+        await asyncio.wait({start, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if start.done():
+            stop.cancel()
+            start.result()
+            return True
+        start.cancel()
+        await asyncio.gather(start, return_exceptions=True)
+        return False
 
     def _install_signal_handlers(self, manager: KeyManager) -> None:
         loop = asyncio.get_running_loop()
@@ -164,3 +182,5 @@ class Server:
         loop = asyncio.get_running_loop()
         for sig in (*STOP_SIGNALS, signal.SIGHUP, *IGNORED_SIGNALS):
             loop.remove_signal_handler(sig)
+        for sig in IGNORED_SIGNALS:  # still harmless while the sources close
+            signal.signal(sig, signal.SIG_IGN)

@@ -95,3 +95,20 @@ def test_the_timer_flushes_a_window_no_later_refusal_closes() -> None:
         delay, fire = timers.pop()
         fire()
     assert (10.0, ("request.rejected_repeated", 1, 1)) == (delay, events(logs)[-1])
+
+
+def test_a_refusal_on_another_path_is_never_hidden_by_a_window() -> None:
+    """Refused on /v1/sign, then on the admin route: both logged in full; pids are counted."""
+    log = rejections(Clock())
+    with capture_logs() as logs:
+        log.reject(403, "forbidden", peer_uid=7, peer_pid=1, path="/v1/sign")
+        log.reject(403, "forbidden", peer_uid=7, peer_pid=2, path="/v1/sign")
+        log.reject(403, "forbidden", peer_uid=7, peer_pid=3, path="/v1/refresh")
+        log.flush(everything=True)
+    full = [e["path"] for e in logs if e["event"] == "request.rejected"]
+    repeated = next(e for e in logs if e["event"] == "request.rejected_repeated")
+    assert (["/v1/sign", "/v1/refresh"], [2], "/v1/sign") == (
+        full,
+        repeated["peer_pids"],
+        repeated["path"],
+    )
