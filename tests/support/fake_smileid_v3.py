@@ -23,6 +23,7 @@ import ssl
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -62,7 +63,11 @@ class FakeV3:
             self.generation += 1
 
     def mint(self) -> str:
-        claims: dict[str, Any] = {"sub": self.partner_id, "gen": self.generation}
+        claims: dict[str, Any] = {
+            "sub": self.partner_id,
+            "gen": self.generation,
+            "jti": uuid.uuid4().hex,  # every token its own, as a real one
+        }
         if self.with_exp:
             claims["exp"] = int(time.time()) + self.ttl_s
         token = _jwt(claims)
