@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -221,3 +222,82 @@ def test_an_environment_without_smile_id_v3_says_so(
     """production has no smileid/smileid_url: 404 token_not_configured."""
     daemon = start(start_daemon, fake)
     assert (404, "token_not_configured") == refused(lambda: daemon.client().token("production"))
+
+
+AWS_CONFIG = """
+[server]
+socket = "{socket}"
+
+[refresh]
+interval = "24h"
+backoff_min = "24h"
+backoff_max = "24h"
+
+[log]
+format = "json"
+
+[sources.aws]
+type = "aws"
+region = "us-east-1"
+endpoint_url = "@ENDPOINT@"
+max_attempts = 1
+
+[sources.bao]
+type = "vault"
+url = "@BAO@"
+mount = "secret"
+kv_version = 2
+[sources.bao.auth]
+method = "approle"
+role_id_file = "role-id"
+secret_id_file = "secret-id"
+
+[environments.sandbox]
+source = "@SOURCE@"
+secret = "@SECRET@"
+partner_id = "1622"
+smileid_url = "@URL@"
+smileid_ca_file = "@CA@"
+"""
+
+
+@pytest.mark.aws
+@pytest.mark.vault
+@pytest.mark.parametrize("backend", ["aws", "bao"])
+def test_a_rotation_in_a_real_backend_drops_the_token(
+    start_daemon: StartDaemon, fake: FakeV3, moto_endpoint: Any, openbao: Any, backend: str
+) -> None:
+    """Secrets Manager (moto) or OpenBao: rotated and SIGHUP; the next token is the new key's."""
+    name = moto_endpoint.secret_name("tokens")
+    moto_endpoint.client().create_secret(Name=name, SecretString=KEY)
+    path = f"smileid/{openbao.unique('tokens')}/sandbox"
+    openbao.kv2_put(path, {"api_key": KEY})
+    policy = openbao.policy(
+        f'path "secret/data/{path}" {{ capabilities = ["read"] }}\n'
+        f'path "secret/metadata/{path}" {{ capabilities = ["read"] }}\n'
+    )
+    _role, role_id, secret_id = openbao.approle([policy])
+    config = (
+        AWS_CONFIG.replace("@ENDPOINT@", moto_endpoint.url)
+        .replace("@BAO@", openbao.url)
+        .replace("@SOURCE@", backend)
+        .replace("@SECRET@", name if backend == "aws" else path)
+        .replace("@URL@", fake.url)
+        .replace("@CA@", str(fake.ca_file))
+    )
+    daemon = start_daemon(config, files={"role-id": role_id, "secret-id": secret_id})
+    old = daemon.client().token("sandbox")
+    if backend == "aws":
+        moto_endpoint.client().put_secret_value(SecretId=name, SecretString=NEW_KEY)
+    else:
+        openbao.kv2_put(path, {"api_key": NEW_KEY})
+    fake.rotate(NEW_KEY)
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_for_event("key.rotated", environment="sandbox")
+    new = daemon.client().token("sandbox")
+    assert (False, True, 2) == (
+        fake.valid(old["token"]),
+        fake.valid(new["token"]),
+        fake.token_calls,
+    )
+    daemon.assert_no_secret_in_logs([KEY, NEW_KEY, role_id, secret_id, old["token"], new["token"]])
