@@ -24,17 +24,9 @@ import httptools
 from sidkeyd.errors import FramingError
 from sidkeyd.log import get_logger
 
-
-@dataclass(frozen=True, slots=True)
-class ParsedRequest:
-    method: str
-    path: str
-    body: bytes
-    keep_alive: bool
-    http_1_0: bool  # an HTTP/1.0 client: keep-alive must be announced to be kept
-
-
-OnRequest = Callable[[ParsedRequest], None]
+# (method, path, body, keep_alive, http_1_0) of a complete request; http_1_0: an HTTP/1.0
+# client, whose keep-alive must be announced to be kept. Positional: it runs per request.
+OnRequest = Callable[[str, str, bytes, bool, bool], None]
 
 
 @dataclass(slots=True)
@@ -45,11 +37,11 @@ class _Message:
     body_bytes: int = 0
     has_length: bool = False
     in_head: bool = True  # until the headers are complete
-    # The framing headers as sent, to frame the body of an upgrade request (see the module).
-    framing: list[bytes] = field(default_factory=list)
+    # The framing headers' values as sent, to frame the body of an upgrade request.
+    content_length: bytes | None = None
+    transfer_encoding: bytes | None = None
     declares_body: bool = False  # a non-zero Content-Length or a Transfer-Encoding
     expects_continue: bool = False  # Expect: 100-continue
-    awaiting_continue: bool = False  # a 100 Continue is due: headers in, no body byte yet
     # Known once the headers are complete (the parser that read them may be replaced).
     method: str = ""
     keep_alive: bool = False
@@ -77,49 +69,49 @@ class RequestReader:
         self._partial_line = 0  # bytes of a head line httptools holds until it is complete
         self._chunk_body_bytes = 0  # body bytes parsed from the chunk being fed
         self._synthetic_head = False  # the parser is reading a head made here (see feed)
+        # An HTTP/1.1 request asked for ``100 Continue`` and none of its body has arrived.
+        self.awaiting_continue = False
 
     @property
     def in_message(self) -> bool:
         """A request has begun and is not complete: the read timeout applies."""
         return self._message is not None
 
-    @property
-    def awaiting_continue(self) -> bool:
-        """An HTTP/1.1 request asked for ``100 Continue`` and none of its body has arrived."""
-        return self._message is not None and self._message.awaiting_continue
-
     def continue_sent(self) -> None:
-        if self._message is not None:
-            self._message.awaiting_continue = False
+        self.awaiting_continue = False
 
     def abandon(self) -> None:
         """Forget the message in progress (the connection is being closed)."""
         self._message = None
+        self.awaiting_continue = False
 
     def feed(self, data: bytes) -> None:
         self._chunk_body_bytes = 0
-        rest = data
+        rest = b""
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            rest = self._after_upgrade(data[upgrade.args[0] :])
+        except httptools.HttpParserError as exc:
+            raise _refusal(exc) from None
+        # Outside the except block: a callback's error raised while handling the upgrade would
+        # take it as its context, and be taken for a bug.
         while rest:
             rest = self._parse(rest)
-        self._check_partial_line(data)
+        message = self._message
+        if message is not None and message.in_head:
+            self._check_partial_line(data)
+        else:
+            self._partial_line = 0
 
     def _parse(self, data: bytes) -> bytes:
         """Parse ``data``; after an upgrade request, what is left for a fresh parser."""
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserCallbackError as exc:
-            # httptools wraps what a callback raised; the original is the context.
-            cause = exc.__context__
-            if isinstance(cause, FramingError):
-                raise cause from None
-            get_logger().error("request.failed", error=repr(cause))
-            raise FramingError(
-                500, "internal_error", "the daemon failed to handle the request"
-            ) from None
         except httptools.HttpParserUpgrade as upgrade:
             return self._after_upgrade(data[upgrade.args[0] :])
         except httptools.HttpParserError as exc:
-            raise FramingError(400, "malformed_request", f"malformed HTTP request: {exc}") from None
+            raise _refusal(exc) from None
         return b""
 
     def _after_upgrade(self, rest: bytes) -> bytes:
@@ -133,16 +125,18 @@ class RequestReader:
         if message is None:
             return rest
         self._synthetic_head = True
-        return b"POST / HTTP/1.1\r\n" + b"".join(message.framing) + b"\r\n" + rest
+        framing = b""
+        if message.content_length is not None:
+            framing += b"Content-Length: " + message.content_length + b"\r\n"
+        if message.transfer_encoding is not None:
+            framing += b"Transfer-Encoding: " + message.transfer_encoding + b"\r\n"
+        return b"POST / HTTP/1.1\r\n" + framing + b"\r\n" + rest
 
     def _check_partial_line(self, data: bytes) -> None:
         """Bound a head line still arriving: httptools reports it only once complete.
 
         The length since the last newline is the same however the bytes were split.
         """
-        if self._message is None or not self._message.in_head:
-            self._partial_line = 0
-            return
         newline = data.rfind(b"\n")
         if newline < 0:
             self._partial_line += len(data)
@@ -162,38 +156,45 @@ class RequestReader:
         self._message = _Message()
         self._on_begin()
 
+    # The callbacks below run for every request: the message is read inline, not through a
+    # helper (llhttp calls back only inside a message, which on_message_begin made).
+
     def on_url(self, url: bytes) -> None:
-        if self._synthetic_head:
+        message = self._message
+        if self._synthetic_head or message is None:
             return
-        message = self._current()
         message.url += url
-        self._count_header_bytes(message, len(url))
+        message.header_bytes += len(url)
+        if message.header_bytes > self._max_header_bytes:
+            raise self._headers_too_large()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._synthetic_head:
+        message = self._message
+        if self._synthetic_head or message is None:
             return
-        message = self._current()
-        self._count_header_bytes(message, len(name) + len(value))
+        message.header_bytes += len(name) + len(value)
+        if message.header_bytes > self._max_header_bytes:
+            raise self._headers_too_large()
         lowered = name.lower()
         if lowered == b"content-length":
             message.has_length = True
-            message.framing.append(b"Content-Length: " + value + b"\r\n")
+            message.content_length = value
             if value.strip().isdigit():
                 if int(value) > self._max_body_bytes:
                     raise self._body_too_large()
                 message.declares_body = message.declares_body or int(value) > 0
         elif lowered == b"transfer-encoding":
             message.has_length = True
-            message.framing.append(b"Transfer-Encoding: " + value + b"\r\n")
+            message.transfer_encoding = value
             message.declares_body = True
         elif lowered == b"expect":
             message.expects_continue = value.strip().lower() == _EXPECT_CONTINUE
 
     def on_headers_complete(self) -> None:
-        if self._synthetic_head:
+        message = self._message
+        if self._synthetic_head or message is None:
             self._synthetic_head = False
             return
-        message = self._current()
         parser = self._parser
         message.in_head = False
         message.method = parser.get_method().decode("ascii", "replace")
@@ -205,13 +206,14 @@ class RequestReader:
                 raise FramingError(400, "upgrade_not_supported", "CONNECT is not supported")
             message.upgrade_body = message.declares_body
         # A 100 Continue is an HTTP/1.1 interim response, owed only when a body is coming.
-        message.awaiting_continue = (
-            message.expects_continue and message.declares_body and not message.http_1_0
-        )
+        if message.expects_continue:
+            self.awaiting_continue = message.declares_body and not message.http_1_0
 
     def on_body(self, body: bytes) -> None:
-        message = self._current()
-        message.awaiting_continue = False
+        message = self._message
+        if message is None:
+            return
+        self.awaiting_continue = False
         message.body_bytes += len(body)
         self._chunk_body_bytes += len(body)
         if message.body_bytes > self._max_body_bytes:
@@ -219,11 +221,14 @@ class RequestReader:
         message.body.append(body)
 
     def on_message_complete(self) -> None:
-        message = self._current()
+        message = self._message
+        if message is None:
+            return
         if message.upgrade_body:
             message.upgrade_body = False  # llhttp skipped the body: it is read after the pause
             return
         self._message = None
+        self.awaiting_continue = False
         method = message.method
         try:
             path = httptools.parse_url(message.url).path.decode("utf-8")
@@ -234,18 +239,9 @@ class RequestReader:
         if method in ("POST", "PUT", "PATCH") and not message.has_length:
             raise FramingError(411, "length_required", "a request body needs Content-Length")
         body = b"".join(message.body)
-        self._on_request(ParsedRequest(method, path, body, message.keep_alive, message.http_1_0))
+        self._on_request(method, path, body, message.keep_alive, message.http_1_0)
 
     # -- limits --------------------------------------------------------------------------
-
-    def _current(self) -> _Message:
-        assert self._message is not None, "llhttp calls back only inside a message"
-        return self._message
-
-    def _count_header_bytes(self, message: _Message, size: int) -> None:
-        message.header_bytes += size
-        if message.header_bytes > self._max_header_bytes:
-            raise self._headers_too_large()
 
     def _headers_too_large(self) -> FramingError:
         limit = self._max_header_bytes
@@ -254,3 +250,15 @@ class RequestReader:
     def _body_too_large(self) -> FramingError:
         limit = self._max_body_bytes
         return FramingError(413, "body_too_large", f"request body is over {limit} bytes")
+
+
+def _refusal(exc: httptools.HttpParserError) -> FramingError:
+    """The FramingError for what llhttp raised (a callback's own, or its parse error)."""
+    if isinstance(exc, httptools.HttpParserCallbackError):
+        # httptools wraps what a callback raised; the original is the context.
+        cause = exc.__context__
+        if isinstance(cause, FramingError):
+            return cause
+        get_logger().error("request.failed", error=repr(cause))
+        return FramingError(500, "internal_error", "the daemon failed to handle the request")
+    return FramingError(400, "malformed_request", f"malformed HTTP request: {exc}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -134,6 +133,7 @@ class KeyStore:
         self._current: dict[str, KeySnapshot] = {}
         self._previous: dict[str, RetiredKey] = {}
         self._tokens: dict[str, HeldToken] = {}
+        self._secrets: tuple[str, ...] | None = None  # secrets(), until what is held changes
 
     def get(self, environment: str) -> KeySnapshot | None:
         return self._current.get(environment)
@@ -143,6 +143,7 @@ class KeyStore:
 
     def put(self, snapshot: KeySnapshot, now: datetime) -> KeySnapshot | None:
         """Swap in ``snapshot``; the one it replaces is kept as the previous key."""
+        self._secrets = None
         old = self._current.get(snapshot.environment)
         self._current[snapshot.environment] = snapshot
         self._tokens.pop(snapshot.environment, None)  # minted with the key just replaced
@@ -152,6 +153,7 @@ class KeyStore:
 
     def drop(self, environment: str) -> KeySnapshot | None:
         """Forget an environment's keys (revoked): current and previous."""
+        self._secrets = None
         self._previous.pop(environment, None)
         self._tokens.pop(environment, None)
         return self._current.pop(environment, None)
@@ -165,16 +167,21 @@ class KeyStore:
         if current is None or current.version != token.key_version:
             return False
         self._tokens[environment] = token
+        self._secrets = None
         return True
 
     def drop_token(self, environment: str) -> HeldToken | None:
+        self._secrets = None
         return self._tokens.pop(environment, None)
 
-    def secrets(self) -> Iterator[str]:
-        """Raw key material and tokens held right now: only for the log redactor."""
-        for snapshot in self._current.values():
-            yield snapshot.api_key.reveal()
-        for retired in self._previous.values():
-            yield retired.snapshot.api_key.reveal()
-        for token in self._tokens.values():
-            yield token.token.reveal()
+    def secrets(self) -> tuple[str, ...]:
+        """Raw key material and tokens held right now: only for the log redactor.
+
+        Built when what is held changes, not per log line (the redactor asks for every one).
+        """
+        if self._secrets is None:
+            held = [s.api_key.reveal() for s in self._current.values()]
+            held += [r.snapshot.api_key.reveal() for r in self._previous.values()]
+            held += [t.token.reveal() for t in self._tokens.values()]
+            self._secrets = tuple(s for s in held if s)
+        return self._secrets

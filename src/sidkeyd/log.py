@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from typing import Any, TextIO
 
 import structlog
@@ -48,7 +48,7 @@ def get_logger(**initial: Any) -> Any:
 def make_redactor(secrets: SecretsProvider) -> structlog.types.Processor:
     """Drop sensitive fields and replace any held key material found inside values."""
 
-    def scrub(value: Any, held: list[str]) -> Any:
+    def scrub(value: Any, held: Sequence[str]) -> Any:
         if isinstance(value, bool | int | float) or value is None:
             return value
         if isinstance(value, dict):
@@ -66,7 +66,9 @@ def make_redactor(secrets: SecretsProvider) -> structlog.types.Processor:
     def redact(
         _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
-        held = [s for s in secrets() if s]
+        provided = secrets()
+        # The key store's is a tuple of non-empty strings already.
+        held = provided if type(provided) is tuple else tuple(s for s in provided if s)
         for name, value in event_dict.items():
             kind = type(value)
             if name in SENSITIVE_FIELDS:

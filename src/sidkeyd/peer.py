@@ -21,7 +21,9 @@ import os
 import signal
 import socket
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 _UCRED = struct.Struct("3i")
@@ -39,17 +41,23 @@ class Peer:
     gid: int
     groups: frozenset[int] = field(default=frozenset())
     exe: str | None = None  # None when it could not be read or trusted
+    _fields: Mapping[str, Any] = field(init=False, repr=False, compare=False)
 
-    def log_fields(self) -> dict[str, Any]:
+    def __post_init__(self) -> None:
+        # Built once per connection: every audit line of the connection spreads it.
         # peer_exe is what /proc said; a peer can make it name a binary it did not run
         # (exec after connect, fd passing, LD_PRELOAD), so the audit line says so.
-        return {
+        fields = {
             "peer_pid": self.pid,
             "peer_uid": self.uid,
             "peer_gid": self.gid,
             "peer_exe": self.exe,
             "peer_exe_verified": False,
         }
+        object.__setattr__(self, "_fields", MappingProxyType(fields))
+
+    def log_fields(self) -> Mapping[str, Any]:
+        return self._fields
 
 
 UNKNOWN_PEER = Peer(pid=0, uid=-1, gid=-1)

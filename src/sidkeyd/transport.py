@@ -13,15 +13,15 @@ costs is bounded; if they do not drain within ``write_timeout`` the connection i
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from sidkeyd.connections import ConnectionTracker, Limits
 from sidkeyd.deadline import Deadline
 from sidkeyd.errors import FramingError
-from sidkeyd.framing import ParsedRequest, RequestReader
+from sidkeyd.framing import RequestReader
 from sidkeyd.http import CONTINUE, Request, Response, encode_response, error_response
 from sidkeyd.log import get_logger
 from sidkeyd.peer import UNKNOWN_PEER, Peer, read_peer_credentials
@@ -49,17 +49,10 @@ WRITE_BUFFER_LOW = 16 * 1024
 FEED_SLICE = 16 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class _Exchange:
-    """A parsed request and how its response must be framed."""
-
-    request: Request
-    keep_alive: bool
-    http_1_0: bool
-
-    @property
-    def head(self) -> bool:
-        return self.request.method == "HEAD"
+# A parsed request and how its answer must be framed: (request, keep_alive, http_1_0, head).
+# A plain tuple, not a class: one is made for every request. http_1_0: keep-alive must be
+# announced to be kept; head: the answer goes without its body.
+_Exchange = tuple[Request, bool, bool, bool]
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -72,8 +65,15 @@ class HttpProtocol(asyncio.Protocol):
         self._tracker = tracker
         self._rejections = rejections
         self._loop = asyncio.get_running_loop()
+        # Timers: one for read and idle (it wakes at least as often as the shorter of the two),
+        # one for responses that do not drain.
+        tick = min(limits.read_timeout_s, limits.idle_timeout_s)
+        self._read_idle = Deadline(self._loop, tick, self._on_timeout)
+        self._write_drain = Deadline(self._loop, limits.write_timeout_s, self._on_write_timeout)
+        # A request's first byte starts its read timeout (a partial: no Python frame per call).
+        began = functools.partial(self._read_idle.move, limits.read_timeout_s)
         self._reader = RequestReader(
-            limits.max_header_bytes, limits.max_body_bytes, self._request_began, self._received
+            limits.max_header_bytes, limits.max_body_bytes, began, self._received
         )
         self._transport: asyncio.Transport | None = None
         self._peer: Peer = UNKNOWN_PEER
@@ -83,15 +83,11 @@ class HttpProtocol(asyncio.Protocol):
         self._eof = False  # the client half-closed: answer what it sent, then close
         self._write_paused = False  # unsent responses are over WRITE_BUFFER_HIGH
         self._held: memoryview | None = None  # received, not yet parsed (see FEED_SLICE)
+        self._reading = True  # the transport is not paused
         # Dispatch: parsed requests waiting, and whether one is being answered off the loop.
         # A Response in the queue is a refusal made while reading: sent in its turn.
         self._queue: deque[_Exchange | Response] = deque()
         self._busy = False
-        # Timers: one for read and idle (it wakes at least as often as the shorter of the two),
-        # one for responses that do not drain.
-        tick = min(limits.read_timeout_s, limits.idle_timeout_s)
-        self._read_idle = Deadline(self._loop, tick, self._on_timeout)
-        self._write_drain = Deadline(self._loop, limits.write_timeout_s, self._on_write_timeout)
 
     # -- connection events ---------------------------------------------------------------
 
@@ -160,7 +156,11 @@ class HttpProtocol(asyncio.Protocol):
             return
         # No timer is armed here: bytes between requests (stray CRLFs, which the parser
         # skips) must not keep an idle connection open; the start of a request arms it.
-        if self._held is None and len(data) <= FEED_SLICE and not self._backlogged():
+        if (
+            self._held is None
+            and len(data) <= FEED_SLICE
+            and not (self._busy or self._write_paused or len(self._queue) > MAX_PIPELINED)
+        ):  # the common case, _backlogged() inline: one small read, nothing waiting
             self._feed(data)
             return
         held = bytes(self._held) + data if self._held is not None else data
@@ -196,9 +196,18 @@ class HttpProtocol(asyncio.Protocol):
             or self._write_paused
             or len(self._queue) > MAX_PIPELINED
         ):
-            self._transport.pause_reading()
+            self._set_reading(False)
         else:
-            self._transport.resume_reading()
+            self._set_reading(True)
+
+    def _set_reading(self, reading: bool) -> None:
+        """Pause or resume the transport, only when that changes (this runs per request)."""
+        if reading != self._reading and self._transport is not None:
+            self._reading = reading
+            if reading:
+                self._transport.resume_reading()
+            else:
+                self._transport.pause_reading()
 
     def _feed(self, data: bytes) -> None:
         try:
@@ -225,14 +234,13 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- from the reader -----------------------------------------------------------------
 
-    def _request_began(self) -> None:
-        self._read_idle.move(self._limits.read_timeout_s)
-
-    def _received(self, parsed: ParsedRequest) -> None:
-        request = Request(parsed.method, parsed.path, parsed.body, self._peer)
-        self._queue.append(_Exchange(request, parsed.keep_alive, parsed.http_1_0))
+    def _received(
+        self, method: str, path: str, body: bytes, keep_alive: bool, http_1_0: bool
+    ) -> None:
+        request = Request(method, path, body, self._peer)
+        self._queue.append((request, keep_alive, http_1_0, method == "HEAD"))
         if len(self._queue) > MAX_PIPELINED and self._transport is not None:
-            self._transport.pause_reading()
+            self._set_reading(False)
         if not self._busy:
             self._run_queue()
 
@@ -244,7 +252,7 @@ class HttpProtocol(asyncio.Protocol):
             if isinstance(exchange, Response):
                 self._send(exchange, None)  # a refusal: the last answer on this connection
                 continue
-            result = self._handle(exchange.request)
+            result = self._handle(exchange[0])
             if isinstance(result, Response):
                 self._send(result, exchange)
             else:
@@ -253,14 +261,15 @@ class HttpProtocol(asyncio.Protocol):
                 self._loop.create_task(self._finish(result, exchange))
                 return
         if self._transport is not None and not self._queue:
-            self._update_reading()
+            if not self._reading:  # reading stays on unless something held it back
+                self._update_reading()
             if self._closing:
                 self._close()
             elif not self._reader.in_message:
                 self._read_idle.move(self._limits.idle_timeout_s)
             elif not self._read_idle.running:
                 self._on_timeout()  # the read timeout passed while a response was pending
-            else:
+            elif self._reader.awaiting_continue:
                 self._send_continue_if_due()
 
     async def _finish(self, pending: Awaitable[Response], exchange: _Exchange) -> None:
@@ -276,22 +285,20 @@ class HttpProtocol(asyncio.Protocol):
 
     def _send(self, response: Response, exchange: _Exchange | None) -> None:
         """Write ``response`` to ``exchange`` (None: to a request that could not be framed)."""
-        if self._transport is None or self._transport.is_closing():
+        transport = self._transport
+        if transport is None or transport.is_closing():
             return  # a response with Connection: close was the last one
-        keep_alive = (
-            exchange is not None
-            and exchange.keep_alive
-            and not response.close
-            and not self._tracker.closing
-        )
-        self._transport.write(
-            encode_response(
-                response,
-                keep_alive=keep_alive,
-                announce_keep_alive=exchange is not None and exchange.http_1_0,
-                omit_body=exchange is not None and exchange.head,
+        if exchange is None:
+            transport.write(encode_response(response, keep_alive=False))
+            keep_alive = False
+        else:
+            _request, asked, http_1_0, head = exchange
+            keep_alive = asked and not response.close and not self._tracker.closing
+            transport.write(
+                encode_response(
+                    response, keep_alive=keep_alive, announce_keep_alive=http_1_0, omit_body=head
+                )
             )
-        )
         if not keep_alive:
             self._queue.clear()
             self._close()
