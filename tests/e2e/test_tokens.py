@@ -301,3 +301,45 @@ def test_a_rotation_in_a_real_backend_drops_the_token(
         fake.token_calls,
     )
     daemon.assert_no_secret_in_logs([KEY, NEW_KEY, role_id, secret_id, old["token"], new["token"]])
+
+
+def test_only_peers_the_policy_allows_get_a_token(start_daemon: StartDaemon, fake: FakeV3) -> None:
+    """[allow] uids = [0]: another uid in the socket's group gets 403, and no call is made."""
+    import os
+
+    from test_access import NOGROUP, STRANGER, request_as
+
+    allowed_root_only = 'smileid_timeout = "1s"\n[environments.sandbox.allow]\nuids = [0]\n'
+    socket_for_others = 'max_connections_per_uid = 200\nsocket_group = "nogroup"\n'
+    config = (
+        CONFIG.replace("@URL@", fake.url)
+        .replace("@CA@", str(fake.ca_file))
+        .replace("@REFRESH@", NO_SCHEDULE)
+        .replace('smileid_timeout = "1s"\n', allowed_root_only)
+        .replace("max_connections_per_uid = 200", socket_for_others, 1)
+    )
+    daemon = start_daemon(config, files={"keys.toml": keys(KEY)})
+    os.chmod(daemon.socket_path.parent, 0o755)  # let other uids reach the socket's folder
+    status, body = request_as(
+        daemon, STRANGER, NOGROUP, (), "POST", "/v1/token", {"environment": "sandbox"}
+    )
+    assert (403, "forbidden", 0) == (status, body["error"]["code"], fake.token_calls)
+
+
+def test_the_cli_prints_a_token_and_status_shows_its_expiry(
+    start_daemon: StartDaemon, fake: FakeV3
+) -> None:
+    """sidkeyd token --env E prints the token JSON; status shows token_expires_at, no token."""
+    import json
+
+    daemon = start(start_daemon, fake)
+    printed = daemon.cli("token", "--env", "sandbox")
+    token = json.loads(printed.stdout)
+    status = daemon.cli("status", "--json")
+    sandbox = json.loads(status.stdout)["environments"]["sandbox"]
+    assert (0, token["expires_at"], None) == (
+        printed.returncode,
+        sandbox["token_expires_at"],
+        sandbox["token_last_error"],
+    )
+    assert token["token"] not in status.stdout
