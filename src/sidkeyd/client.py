@@ -14,7 +14,12 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from sidkeyd.defaults import DEFAULT_SOCKET_PATH
-from sidkeyd.errors import ClientError, DaemonUnavailableError, RequestFailedError
+from sidkeyd.errors import (
+    ClientError,
+    DaemonUnavailableError,
+    PartnerMismatchError,
+    RequestFailedError,
+)
 from sidkeyd.status import EnvironmentStatus
 
 __all__ = [
@@ -237,10 +242,6 @@ class Client:
 
 class _ConnectionDropped(Exception):
     """The daemon closed a kept-alive connection before answering."""
-
-
-class PartnerMismatchError(ClientError):
-    """The caller's partner_id is not the one sidkeyd signs with for that environment."""
 
 
 PLACEHOLDER_PREFIX = "sidkeyd:"

@@ -20,9 +20,10 @@ The tree::
     │   ├── FramingError            the transport's: HTTP that cannot be framed (then close)
     │   ├── TimestampError          a caller's timestamp is refused (also ValueError)
     │   └── SmileIdError            Smile ID's V3 token endpoint gave no token (502/503/504)
-    └── ClientError                 raised by sidkeyd.client
+    └── ClientError                 raised by sidkeyd.client and sidkeyd.aio
         ├── DaemonUnavailableError  the socket cannot be reached
-        └── RequestFailedError      the daemon answered with an error (status, code, message)
+        ├── RequestFailedError      the daemon answered with an error (status, code, message)
+        └── PartnerMismatchError    a Signature's partner_id is not the daemon's for that env
 
 Library errors (botocore, hvac, OSError from a backend) are translated into ``SourceError``
 subclasses at the adapter boundary with ``raise ... from exc``. Messages never include key
@@ -181,3 +182,7 @@ class RequestFailedError(ClientError):
         self.code = code
         self.message = message
         super().__init__(f"{status} {code}: {message}")
+
+
+class PartnerMismatchError(ClientError):
+    """The caller's partner_id is not the one sidkeyd signs with for that environment."""
