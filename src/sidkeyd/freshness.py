@@ -85,6 +85,7 @@ class Freshness:
     consecutive_failures: int = 0
     access_lost_at: datetime | None = None
     refusal: KeyUnavailableError | None = field(default=None)
+    checked: bool = False  # a first check has completed (succeeded or failed)
 
     # -- transitions ---------------------------------------------------------------------
 
@@ -113,6 +114,7 @@ class Freshness:
                 Event("key.restored", "info", {"environment": self.name, "trigger": trigger})
             )
         self.refusal = None
+        self.checked = True
         self.last_success_at = now
         self.last_error = None
         self.consecutive_failures = 0
@@ -132,6 +134,7 @@ class Freshness:
     ) -> Transition:
         self.last_error = error
         self.last_error_at = now
+        self.checked = True
         self.consecutive_failures += 1
         event = Event(
             "key.refresh_failed",
@@ -193,6 +196,10 @@ class Freshness:
         return f"last check failed ({self.last_error.kind}: {self.last_error.code})"
 
     def no_key(self) -> KeyUnavailableError:
+        if not self.checked:
+            return KeyUnavailableError(
+                "starting", f"the first check of {self.name!r} (source {self.source!r}) is running"
+            )
         return KeyUnavailableError(
             "no_key", f"no key loaded yet for {self.name!r}: {self.summary()}"
         )
@@ -201,6 +208,11 @@ class Freshness:
         if self.refusal is not None:
             return Health.UNAVAILABLE, self.refusal.message
         if not has_key:
+            if not self.checked:
+                return (
+                    Health.UNAVAILABLE,
+                    f"starting: the first check of source {self.source!r} is running",
+                )
             return Health.UNAVAILABLE, f"no key loaded: {self.summary()}"
         if self.last_error is not None:
             return Health.DEGRADED, f"serving the last good key; {self.summary()}"

@@ -102,9 +102,8 @@ class Server:
         self._install_signal_handlers(manager)
         deadline: float | None = None  # set when the shutdown starts
         try:
-            if not await self._started(manager):
-                self._log.info("daemon.stopping", during="startup")
-                return  # a stop signal came during the first loads: the finally stops it all
+            # Serving starts before the first loads: while they run, every request gets a
+            # prompt 503 "starting" (health says so), never a connection left unanswered.
             app = Application(config, manager, rejections=rejections, tokens=tokens)
             limits = Limits(
                 max_header_bytes=config.server.max_header_bytes,
@@ -119,14 +118,16 @@ class Server:
                 sock=sock,
                 backlog=config.server.backlog,
             )
-            self._log.info(
-                "daemon.started",
-                version=__version__,
-                pid=os.getpid(),
-                socket=str(config.server.socket),
-                environments=sorted(config.environments),
-            )
-            await self._should_exit.wait()
+            self._log.info("daemon.listening", socket=str(config.server.socket), pid=os.getpid())
+            if await self._started(manager):
+                self._log.info(
+                    "daemon.started",
+                    version=__version__,
+                    pid=os.getpid(),
+                    socket=str(config.server.socket),
+                    environments=sorted(config.environments),
+                )
+                await self._should_exit.wait()
             deadline = loop.time() + config.server.shutdown_timeout.total_seconds()
             self._log.info("daemon.stopping", open_connections=len(tracker.connections))
             server.close()

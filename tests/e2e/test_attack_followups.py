@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from support.daemon import Daemon
+from support.daemon import Daemon, refused
 from support.moto_server import MotoEndpoint, OutageFront
 
 pytestmark = pytest.mark.aws
@@ -131,3 +131,23 @@ def test_requests_behind_a_pending_one_wait_in_the_kernel_not_in_the_daemon(
         except TimeoutError:
             pass
     assert sent < 33 * len(sign)
+
+
+def test_while_the_first_load_hangs_every_request_gets_a_prompt_503_starting(
+    moto_endpoint: MotoEndpoint, front: OutageFront, tmp_path: Path
+) -> None:
+    """The socket answers during the first loads: sign is 503 starting, health says so."""
+    config = configured(moto_endpoint, front)
+    front.hanging = True
+    daemon = Daemon.write_config(tmp_path, config)
+    daemon.launch()
+    try:
+        assert front.held.wait(EXIT_BOUND_S)  # the first load is in the backend's hands
+        daemon.wait_for_event("daemon.listening")
+        client = daemon.client()
+        answer = refused(lambda: client.sign("sandbox"))
+        healthy, health = client.health()
+    finally:
+        daemon.stop()
+    assert ((503, "starting"), False) == (answer, healthy)
+    assert health["environments"]["sandbox"]["reason"].startswith("starting")
