@@ -24,6 +24,7 @@ from sidkeyd.connections import ConnectionTracker, Limits
 from sidkeyd.freshness import Trigger
 from sidkeyd.keystore import KeyStore
 from sidkeyd.log import get_logger
+from sidkeyd.notify import Notifier, Watchdog
 from sidkeyd.process import harden_process
 from sidkeyd.rejections import RejectionLog
 from sidkeyd.rotation import KeyManager
@@ -100,6 +101,8 @@ class Server:
         rejections = RejectionLog(self._log, schedule=loop.call_later)
         tokens = TokenBroker(config.environments, manager, self.store)
         self._install_signal_handlers(manager)
+        notifier = Notifier()
+        notifier.send(f"STATUS=starting: checking {len(config.environments)} environment(s)")
         deadline: float | None = None  # set when the shutdown starts
         try:
             # Serving starts before the first loads: while they run, every request gets a
@@ -127,7 +130,20 @@ class Server:
                     socket=str(config.server.socket),
                     environments=sorted(config.environments),
                 )
+                notifier.send("READY=1", f"STATUS={status_line(manager)}")
+                watchdog = (
+                    Watchdog(
+                        loop,
+                        notifier.watchdog_interval_s,
+                        lambda: notifier.send("WATCHDOG=1", f"STATUS={status_line(manager)}"),
+                    )
+                    if notifier.watchdog_interval_s
+                    else None
+                )
                 await self._should_exit.wait()
+                if watchdog is not None:
+                    watchdog.cancel()
+            notifier.send("STOPPING=1", "STATUS=stopping")
             deadline = loop.time() + config.server.shutdown_timeout.total_seconds()
             self._log.info("daemon.stopping", open_connections=len(tracker.connections))
             server.close()
@@ -146,6 +162,7 @@ class Server:
             tokens.stop()
             await manager.stop(max(0.0, deadline - loop.time()))
             rejections.flush(everything=True)
+            notifier.close()
             self._log.info("daemon.stopped")
 
     async def _started(self, manager: KeyManager) -> bool:
@@ -185,3 +202,13 @@ class Server:
             loop.remove_signal_handler(sig)
         for sig in IGNORED_SIGNALS:  # still harmless while the sources close
             signal.signal(sig, signal.SIG_IGN)
+
+
+def status_line(manager: KeyManager) -> str:
+    """``sandbox: healthy; production: degraded (throttled)``, for ``systemctl status``."""
+    parts = []
+    for name in manager.environments:
+        health, _reason = manager.health(name)
+        code = manager.status(name).last_error
+        parts.append(f"{name}: {health}" + (f" ({code.code})" if code else ""))
+    return "; ".join(parts)
