@@ -28,7 +28,7 @@ from sidkeyd.notify import Notifier, Watchdog
 from sidkeyd.process import harden_process
 from sidkeyd.rejections import RejectionLog
 from sidkeyd.rotation import KeyManager
-from sidkeyd.socketfile import bind_unix_socket, remove_socket
+from sidkeyd.socketfile import bind_unix_socket, inherited_socket, remove_socket
 from sidkeyd.sources import Source, build_source
 from sidkeyd.tokens import TokenBroker
 from sidkeyd.transport import HttpProtocol
@@ -78,13 +78,18 @@ class Server:
         )
         for warning in config.warnings():
             self._log.warning("config.warning", message=warning)
-        sock = bind_unix_socket(
-            config.server.socket,
-            config.server.socket_mode,
-            config.server.socket_group,
-            backlog=config.server.backlog,
-        )
-        inode = os.lstat(config.server.socket).st_ino
+        sock = inherited_socket()
+        inode: int | None = None  # the socket file is ours to remove only if we made it
+        if sock is not None:
+            self._log.info("daemon.socket_inherited", socket=str(sock.getsockname()))
+        else:
+            sock = bind_unix_socket(
+                config.server.socket,
+                config.server.socket_mode,
+                config.server.socket_group,
+                backlog=config.server.backlog,
+            )
+            inode = os.lstat(config.server.socket).st_ino
         sources = self._sources or {
             name: build_source(source) for name, source in config.sources.items()
         }
@@ -155,7 +160,8 @@ class Server:
                 tracker.abort()
         finally:
             self._remove_signal_handlers()
-            remove_socket(config.server.socket, inode)
+            if inode is not None:
+                remove_socket(config.server.socket, inode)
             sock.close()
             if deadline is None:  # start-up failed: the whole budget is left for the sources
                 deadline = loop.time() + config.server.shutdown_timeout.total_seconds()

@@ -166,3 +166,34 @@ def remove_socket(path: Path, inode: int) -> None:
     with contextlib.suppress(FileNotFoundError):
         if path.lstat().st_ino == inode:
             path.unlink()
+
+
+SD_LISTEN_FDS_START = 3  # sd_listen_fds(3): the first socket passed by the service manager
+
+
+def inherited_socket(environ: dict[str, str] | None = None) -> socket.socket | None:
+    """The listening socket systemd passed (socket activation), or None.
+
+    ``LISTEN_PID`` must be this process and ``LISTEN_FDS`` at least 1; with several, the one
+    ``LISTEN_FDNAMES`` names ``sidkeyd`` (else the first). The variables are removed so that no
+    child inherits them. The socket is used as it is: its mode and group are the socket unit's,
+    and it is never unlinked (systemd owns the path).
+    """
+    env = os.environ if environ is None else environ
+    if env.get("LISTEN_PID") != str(os.getpid()):
+        return None
+    count = int(env.get("LISTEN_FDS", "0") or 0)
+    names = (env.get("LISTEN_FDNAMES") or "").split(":")
+    for variable in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        env.pop(variable, None)
+    if count < 1:
+        return None
+    index = names.index("sidkeyd") if "sidkeyd" in names[:count] else 0
+    sock = socket.socket(fileno=SD_LISTEN_FDS_START + index)
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        raise UnsafeSocketPathError(
+            f"the socket passed by the service manager (fd {sock.fileno()}) is not a Unix "
+            "stream socket: ListenStream= must name a path"
+        )
+    sock.setblocking(False)
+    return sock

@@ -1,0 +1,102 @@
+"""The daemon under ``systemd-socket-activate``: it serves the inherited socket as it is.
+
+systemd-socket-activate listens on the path, starts the daemon at the first connection with
+LISTEN_FDS/LISTEN_PID, like a ``.socket`` unit. The first client must be answered (today: a
+prompt 503 starting while the first check runs, never a reset), the daemon must not refuse the
+socket as "in use", and it must never unlink a path it did not make.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sidkeyd.client import Client
+from support.daemon import Daemon, short_socket_dir
+
+TOOL = shutil.which("systemd-socket-activate")
+KEY = "socket-activation-key-77d0-not-real"
+CONFIG = """
+[server]
+socket = "{socket}"
+
+[log]
+format = "json"
+
+[sources.local]
+type = "file"
+path = "keys.toml"
+
+[environments.sandbox]
+source = "local"
+secret = "sandbox"
+partner_id = "085"
+"""
+
+
+@pytest.fixture
+def tool() -> str:
+    if TOOL is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("systemd-socket-activate is missing (Debian's systemd package)")
+        pytest.skip("systemd-socket-activate is not installed here")
+    return TOOL
+
+
+def test_an_inherited_socket_is_served_and_never_unlinked(tool: str, tmp_path: Path) -> None:
+    """First client answered at once; signing works; after SIGTERM the path is still there."""
+    (tmp_path / "keys.toml").write_text(f'[sandbox]\napi_key = "{KEY}"\n')
+    daemon = Daemon.write_config(tmp_path, CONFIG)  # its own socket path is never used
+    activated = short_socket_dir() / "activated.sock"
+    with daemon.log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [
+                tool,
+                "-l",
+                str(activated),
+                "-E",
+                f"PYTHONPATH={os.pathsep.join(sys.path)}",
+                sys.executable,
+                "-m",
+                "sidkeyd",
+                "serve",
+                "-c",
+                str(daemon.config_path),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    daemon.process = process
+    try:
+        deadline = time.monotonic() + 30
+        while not activated.exists():  # the tool binds first, then waits for a client
+            assert (True, None) == (time.monotonic() < deadline, process.poll())
+            time.sleep(0.02)
+        client = Client(activated)
+        try:
+            first = client.request("POST", "/v1/sign", {"environment": "sandbox"})[0]
+            daemon.wait_for_event("daemon.started")
+            signed = client.sign("sandbox")
+        finally:
+            client.close()
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert first in (200, 503)  # answered, not reset: 503 is "starting"
+    assert ("sandbox", 0, True, False) == (
+        signed["environment"],
+        code,
+        activated.exists(),
+        daemon.socket_path.exists(),
+    )
+    assert [] == daemon.events("daemon.failed")
+    daemon.assert_no_secret_in_logs([KEY])
