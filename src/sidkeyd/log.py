@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
-from collections.abc import Callable, Iterable, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any, TextIO
 
 import structlog
@@ -119,6 +120,36 @@ class _LibraryLogBridge(logging.Handler):
             self.handleError(record)
 
 
+# sd-daemon(3) priority prefixes, so that journalctl -p err finds the errors.
+_PRIORITY = {"debug": "<7>", "info": "<6>", "warning": "<4>", "error": "<3>", "critical": "<2>"}
+
+
+def writes_to_journal(stream: TextIO, environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether ``stream`` is the journal: ``JOURNAL_STREAM`` names its device and inode."""
+    device, _, inode = environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        info = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (
+        device.isdigit()
+        and inode.isdigit()
+        and (info.st_dev, info.st_ino)
+        == (
+            int(device),
+            int(inode),
+        )
+    )
+
+
+def _with_syslog_priority(renderer: structlog.types.Processor) -> structlog.types.Processor:
+    def render(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
+        priority = _PRIORITY.get(str(event_dict.get("level", "info")), "<6>")
+        return priority + str(renderer(logger, method, event_dict))
+
+    return render
+
+
 def configure_logging(
     config: LogConfig, secrets: SecretsProvider, stream: TextIO | None = None
 ) -> None:
@@ -128,6 +159,9 @@ def configure_logging(
         if config.format == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
+    out = stream or sys.stdout
+    if writes_to_journal(out):
+        renderer = _with_syslog_priority(renderer)
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
@@ -137,7 +171,7 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.WriteLoggerFactory(file=stream or sys.stdout),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=True,
     )
     logging.captureWarnings(True)

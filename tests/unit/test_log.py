@@ -85,3 +85,43 @@ def test_library_log_records_become_structured_events() -> None:
     )
     assert line["message"].startswith("job ")
     assert SECRET not in stream.getvalue()
+
+
+def test_lines_to_the_journal_carry_their_syslog_priority(tmp_path) -> None:
+    """JOURNAL_STREAM naming the output: <6> before info lines, <3> before errors."""
+    import os
+
+    from sidkeyd import log as sidkeyd_log
+
+    path = tmp_path / "journal"
+    with path.open("w") as out:
+        info = os.fstat(out.fileno())
+        old = os.environ.get("JOURNAL_STREAM")
+        os.environ["JOURNAL_STREAM"] = f"{info.st_dev}:{info.st_ino}"
+        try:
+            configure_logging(LogConfig(format="json", level="info"), list, out)
+            get_logger().info("an.info")
+            get_logger().error("an.error")
+        finally:
+            structlog.reset_defaults()
+            sidkeyd_log.logging.root.handlers = []
+            if old is None:
+                del os.environ["JOURNAL_STREAM"]
+            else:
+                os.environ["JOURNAL_STREAM"] = old
+    lines = path.read_text().splitlines()
+    assert (["<6>", "<3>"], "an.error") == (
+        [line[:3] for line in lines],
+        json.loads(lines[1][3:])["event"],
+    )
+
+
+def test_lines_elsewhere_have_no_prefix() -> None:
+    """Without JOURNAL_STREAM (or naming another file), lines are plain JSON."""
+    from sidkeyd.log import writes_to_journal
+
+    stream = io.StringIO()
+    assert (False, False) == (
+        writes_to_journal(stream, {}),
+        writes_to_journal(stream, {"JOURNAL_STREAM": "1:2"}),
+    )
