@@ -50,8 +50,23 @@ def load_config(path: Path) -> Config:
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError([ConfigProblem("(file)", f"not valid TOML: {exc}")]) from exc
+        raise ConfigError([ConfigProblem("(file)", _toml_problem(raw, exc))]) from exc
     return parse_config(data, base_dir=path.resolve().parent, path=path)
+
+
+# partner_id = 085: TOML refuses a number with a leading zero, and its message does not say why.
+_LEADING_ZERO = re.compile(rb"^\s*(partner_id)\s*=\s*0\d+\s*(#.*)?$", re.MULTILINE)
+
+
+def _toml_problem(raw: bytes, exc: Exception) -> str:
+    unquoted = _LEADING_ZERO.search(raw)
+    if unquoted is not None:
+        line = raw[: unquoted.start()].count(b"\n") + 1
+        return (
+            f'line {line}: partner_id must be a quoted string, as partner_id = "085": '
+            "unquoted, a leading zero is not valid TOML (and would be lost)"
+        )
+    return f"not valid TOML: {exc}"
 
 
 def parse_config(data: Mapping[str, Any], *, base_dir: Path, path: Path | None = None) -> Config:

@@ -6,6 +6,7 @@ that no getter asked for as unknown, so that a typo never falls back to a defaul
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Mapping
@@ -197,4 +198,7 @@ class TomlTable:
         """Report keys nobody asked for: they are typos or options of another version."""
         for key in self._data:
             if key not in self._seen:
-                self.problem(key, "unknown key")
+                close = difflib.get_close_matches(key, sorted(self._seen), n=1, cutoff=0.75)
+                self.problem(
+                    key, f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
+                )

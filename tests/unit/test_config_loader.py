@@ -308,3 +308,21 @@ def test_invalid_transport_limits_are_named_with_their_paths() -> None:
         "server.max_connections_per_uid": "must not be over max_connections (20)",
         "server.backlog": "must be between 1 and 65535, not 0",
     } == {key: reason for key, reason in found.items() if key.startswith("server.")}
+
+
+def test_a_typo_gets_a_did_you_mean() -> None:
+    """An unknown key close to a known one names it."""
+    assert "unknown key (did you mean 'interval'?)" == problems(
+        MINIMAL + '\n[refresh]\nintervl = "30s"\n'
+    )["refresh.intervl"]
+
+
+def test_an_unquoted_partner_id_with_a_leading_zero_says_to_quote_it(tmp_path: Path) -> None:
+    """partner_id = 085 is not TOML; the message says why and what to write, with the line."""
+    config = tmp_path / "c.toml"
+    config.write_text(MINIMAL.replace('partner_id = "085"', "partner_id = 085"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    reason = caught.value.problems[0].reason
+    assert 'partner_id must be a quoted string, as partner_id = "085"' in reason
+    assert reason.startswith("line ")
