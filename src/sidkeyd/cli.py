@@ -131,8 +131,16 @@ def _load(path: Path) -> Config | None:
 
 
 def _check_config(path: Path) -> int:
+    from sidkeyd.config_loader import missing_files
+
     config = _load(path)
     if config is None:
+        return EXIT_CONFIG
+    missing = missing_files(config)
+    if missing:
+        print(f"{path}: {len(missing)} problem(s)", file=sys.stderr)
+        for problem in missing:
+            print(f"  {problem.key}: {problem.reason}", file=sys.stderr)
         return EXIT_CONFIG
     print(f"{path}: ok ({len(config.environments)} environments, {len(config.sources)} sources)")
     for warning in config.warnings():

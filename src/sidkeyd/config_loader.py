@@ -329,6 +329,19 @@ def _environment(
     )
     if environment.version_stage is not None and source is not None and source.type != "aws":
         table.problem("version_stage", "only an aws source has version stages")
+    if "payload" in table.raw and source is not None and source.type != "aws":
+        table.problem(
+            "payload", f"a {source.type} secret is always a table of fields; payload is for aws"
+        )
+    if (
+        isinstance(source, VaultSourceConfig)
+        and source.kv_version == 2
+        and environment.secret.startswith(("data/", "metadata/"))
+    ):
+        table.problem(
+            "secret",
+            "the path under the mount, without data/ or metadata/ (sidkeyd adds them for KV v2)",
+        )
     if (
         environment.version is not None
         and source is not None
@@ -339,3 +352,32 @@ def _environment(
         table.problem("partner_id", "required when payload = 'plain' (the secret is the key alone)")
     table.finish()
     return environment
+
+
+def missing_files(config: Config) -> list[ConfigProblem]:
+    """Files the config names that do not exist here: for ``check-config`` on the target host.
+
+    ``serve`` does not refuse them (a mount may come later); a check would fail at once.
+    """
+    wanted: list[tuple[str, Path | None]] = []
+    for name, source in config.sources.items():
+        key = f"sources.{name}"
+        if isinstance(source, FileSourceConfig):
+            wanted.append((f"{key}.path", source.path))
+        elif isinstance(source, VaultSourceConfig):
+            auth = source.auth
+            wanted += [
+                (f"{key}.ca_cert", source.ca_cert),
+                (f"{key}.client_cert", source.client_cert),
+                (f"{key}.client_key", source.client_key),
+                (f"{key}.auth.token_file", auth.token_file),
+                (f"{key}.auth.role_id_file", auth.role_id_file),
+                (f"{key}.auth.jwt_file", auth.jwt_file),
+            ]
+            if not auth.remove_secret_id_file_after_reading:  # gone after the first start
+                wanted.append((f"{key}.auth.secret_id_file", auth.secret_id_file))
+    return [
+        ConfigProblem(key, f"{path} does not exist (or is not a file)")
+        for key, path in wanted
+        if path is not None and not path.is_file()
+    ]

@@ -109,6 +109,7 @@ def test_serve_exits_3_when_the_socket_folder_cannot_be_made(tmp_path: Path) -> 
 
 def test_check_config_warns_about_an_executables_only_allow(tmp_path: Path) -> None:
     """executables is no identity: check-config says so for an [allow] with nothing else."""
+    (tmp_path / "keys.toml").write_text('["x"]\napi_key = "k-cli-exe-only"\n')
     config = tmp_path / "exe-only.toml"
     config.write_text(
         '[sources.local]\ntype = "file"\npath = "keys.toml"\n'
@@ -141,3 +142,37 @@ def test_a_source_whose_library_is_missing_is_a_config_error_naming_the_extra(
     assert 2 == result.returncode
     assert "sources.aws.type" in result.stderr
     assert "pip install 'sidkeyd[aws]'" in result.stderr
+
+
+def test_check_config_names_the_files_that_do_not_exist(tmp_path: Path) -> None:
+    """A key file and an AppRole file that are not there: exit 2, each named by its key."""
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[sources.local]\ntype = "file"\npath = "nowhere.toml"\n'
+        '[sources.bao]\ntype = "vault"\nurl = "https://vault.invalid:8200"\n'
+        '[sources.bao.auth]\nmethod = "approle"\nrole_id_file = "no-role-id"\n'
+        'secret_id_file = "no-secret-id"\n'
+        '[environments.e]\nsource = "local"\nsecret = "s"\npartner_id = "1"\n'
+    )
+    result = sidkeyd("check-config", "-c", str(config))
+    assert 2 == result.returncode
+    for key in (
+        "sources.local.path",
+        "sources.bao.auth.role_id_file",
+        "sources.bao.auth.secret_id_file",
+    ):
+        assert key in result.stderr
+
+
+def test_options_a_source_type_ignores_and_the_data_prefix_are_problems(tmp_path: Path) -> None:
+    """payload on a vault environment, and a KV v2 secret written with data/: both refused."""
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[sources.bao]\ntype = "vault"\nurl = "https://vault.invalid:8200"\n'
+        '[environments.e]\nsource = "bao"\nsecret = "data/smileid/e"\npayload = "plain"\n'
+        'partner_id = "1"\n'
+    )
+    result = sidkeyd("check-config", "-c", str(config))
+    assert 2 == result.returncode
+    assert "environments.e.payload" in result.stderr
+    assert "environments.e.secret" in result.stderr

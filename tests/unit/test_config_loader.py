@@ -312,9 +312,10 @@ def test_invalid_transport_limits_are_named_with_their_paths() -> None:
 
 def test_a_typo_gets_a_did_you_mean() -> None:
     """An unknown key close to a known one names it."""
-    assert "unknown key (did you mean 'interval'?)" == problems(
-        MINIMAL + '\n[refresh]\nintervl = "30s"\n'
-    )["refresh.intervl"]
+    assert (
+        "unknown key (did you mean 'interval'?)"
+        == problems(MINIMAL + '\n[refresh]\nintervl = "30s"\n')["refresh.intervl"]
+    )
 
 
 def test_an_unquoted_partner_id_with_a_leading_zero_says_to_quote_it(tmp_path: Path) -> None:
