@@ -192,14 +192,18 @@ class KeyManager:
         return ReportOutcome(environment, outcome.key_version, True, outcome.changed, "checked")
 
     async def recheck_unmatched(self, environment: str, **peer: Any) -> bool:
-        """A signature to verify matched no key held: perhaps a rotation not yet seen here.
+        """A signature to verify matched no key held: perhaps a rotation not yet seen here."""
+        return await self.budgeted_check(environment, Trigger.VERIFY, **peer)
 
-        Check the backend now under the same budget as reports (one forced check per
-        ``report_interval``, joining one in flight); False when the budget is spent.
+    async def budgeted_check(self, environment: str, trigger: Trigger, **fields: Any) -> bool:
+        """A forced check a client caused (an unmatched verify, a key Smile ID refused).
+
+        Under the same budget as reports: one forced check per ``report_interval``, joining
+        one in flight; False when the budget is spent and nothing was checked.
         """
         if not self._may_force(environment):
             return False
-        await self.check(environment, Trigger.VERIFY, force=True, **peer)
+        await self.check(environment, trigger, force=True, **fields)
         return True
 
     def _may_force(self, environment: str) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import math
 import ssl
 from urllib.parse import urlsplit
 
@@ -91,4 +92,9 @@ def jwt_expiry(token: str) -> int | None:
         exp = claims.get("exp")
     except (ValueError, IndexError, AttributeError):
         return None
-    return int(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+    if not isinstance(exp, int | float) or isinstance(exp, bool) or not math.isfinite(exp):
+        return None  # Infinity and NaN are valid to Python's json, and no expiry
+    return int(exp) if 0 < exp < _LAST_EXP else None
+
+
+_LAST_EXP = 4102444800  # 2100-01-01: beyond is no real expiry (and past datetime's range)

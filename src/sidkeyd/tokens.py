@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sidkeyd.backoff import Backoff
-from sidkeyd.checks import CheckOutcome
 from sidkeyd.config import EnvironmentConfig
 from sidkeyd.errors import SmileIdError
 from sidkeyd.freshness import Trigger
@@ -47,9 +46,7 @@ class KeyEngine(Protocol):
 
     def signing_key(self, environment: str) -> KeySnapshot: ...
 
-    async def check(
-        self, environment: str, trigger: Trigger, *, force: bool = False, **fields: Any
-    ) -> CheckOutcome: ...
+    async def budgeted_check(self, environment: str, trigger: Trigger, **fields: Any) -> bool: ...
 
 
 @dataclass
@@ -60,6 +57,7 @@ class _State:
     last_error: SmileIdError | None = None
     last_error_at: float | None = None
     last_drop_at: float = float("-inf")  # loop time of the last report-driven drop
+    quiet_until: float = float("-inf")  # after a failure: no new call before this (clock)
     unclaimed: HeldToken | None = None  # a fetched single-use token no waiter has taken
 
 
@@ -91,6 +89,7 @@ class TokenBroker:
         while True:
             key = self._engine.signing_key(environment)  # refuses as signing would
             held = self._store.token(environment)
+            state = self._states[environment]
             if held is not None and held.key_version == key.version:
                 now = self._clock()
                 if held.expires_at is None:  # no expiry: this request's, and nobody else's
@@ -100,6 +99,8 @@ class TokenBroker:
                     if now >= _refresh_at(held):
                         self._refresh_soon(environment, "ahead")
                     return held
+            if state.last_error is not None and self._clock() < state.quiet_until:
+                raise state.last_error  # backing off: the last answer, without a new call
             fetched = await self._fetch(environment, "request")
             if fetched.key_version != self._engine.signing_key(environment).version:
                 continue  # the key rotated while it was being minted
@@ -177,6 +178,7 @@ class TokenBroker:
         except SmileIdError as exc:
             state.failures += 1
             state.last_error, state.last_error_at = exc, self._clock()
+            state.quiet_until = self._clock() + _RETRY.delay(state.failures, self._rng)
             self._log.warning(
                 "token.refresh_failed",
                 environment=environment,
@@ -202,25 +204,44 @@ class TokenBroker:
         return held
 
     async def _mint(self, environment: str, trigger: str) -> HeldToken:
-        for attempt in (1, 2):
-            key = self._engine.signing_key(environment)
-            try:
-                return await self._ask(environment, key)
-            except SmileIdError as exc:
-                if not exc.refused or attempt == 2:
-                    raise
-            # The key was refused: perhaps rotated. Check it now, then ask with what is held.
-            await self._engine.check(environment, Trigger.TOKEN, force=True, token=trigger)
-        raise AssertionError("unreachable")
+        try:
+            return await self._ask(environment, self._engine.signing_key(environment))
+        except SmileIdError as exc:
+            # The key was refused: perhaps rotated. Check it now, under the report budget (a key
+            # refused for good must not make every request read the backend), then ask again.
+            if not exc.refused or not await self._engine.budgeted_check(
+                environment, Trigger.TOKEN, token=trigger
+            ):
+                raise
+        return await self._ask(environment, self._engine.signing_key(environment))
 
     async def _ask(self, environment: str, key: KeySnapshot) -> HeldToken:
         config = self._environments[environment].smileid
         loop = asyncio.get_running_loop()
         issued = self._clock()
-        text, exp = await loop.run_in_executor(
+        assert config is not None
+        call = loop.run_in_executor(
             self._pool, self._fetch_blocking, config, key.partner_id, key.api_key.reveal()
         )
-        return HeldToken(HeldSecret(text), key.version, issued, float(exp) if exp else None)
+        try:
+            # One deadline for the whole call: the socket's timeout bounds each read only, and
+            # an endpoint answering a byte at a time would hold the flight for hours.
+            text, exp = await asyncio.wait_for(call, config.timeout.total_seconds())
+        except TimeoutError:
+            raise SmileIdError(
+                "smileid_timeout", "Smile ID did not answer the token request in time", 504
+            ) from None
+        except SmileIdError:
+            raise
+        except Exception as exc:  # an answer the parser did not foresee is still an answer
+            raise SmileIdError(
+                "smileid_bad_response", f"Smile ID's answer was unusable ({type(exc).__name__})"
+            ) from None
+        if exp is not None and exp <= issued + _SERVE_MARGIN_S:
+            raise SmileIdError("smileid_bad_response", "Smile ID answered an expired token")
+        return HeldToken(
+            HeldSecret(text), key.version, issued, float(exp) if exp is not None else None
+        )
 
     # -- refreshing ahead ----------------------------------------------------------------
 

@@ -343,3 +343,39 @@ def test_the_cli_prints_a_token_and_status_shows_its_expiry(
         sandbox["token_last_error"],
     )
     assert token["token"] not in status.stdout
+
+
+def test_a_key_smile_id_refuses_forces_one_backend_check_per_interval(
+    start_daemon: StartDaemon, fake: FakeV3
+) -> None:
+    """Smile ID refuses the key for good: five requests, one forced key check, few calls."""
+    fake.rotate("a-key-sidkeyd-does-not-have")
+    daemon = start(start_daemon, fake)
+    client = daemon.client()
+    answers = {refused(lambda: client.token("sandbox")) for _ in range(5)}
+    daemon.stop()
+    forced = daemon.events("refresh.forced", trigger="token")
+    assert ({(502, "smileid_refused_key")}, 1) == (answers, len(forced))
+    assert fake.token_calls <= 3  # two for the first request, then the backoff answers
+
+
+@pytest.mark.parametrize("exp", [float("inf"), float("nan"), 1e20, -5, "soon"])
+def test_an_exp_claim_that_is_no_time_makes_a_single_use_token(
+    start_daemon: StartDaemon, fake: FakeV3, exp: object
+) -> None:
+    """Infinity, NaN, far future, negative, a string: no 500, the token is used once."""
+    fake.exp_override = exp
+    daemon = start(start_daemon, fake)
+    answer = daemon.client().token("sandbox")
+    assert (None, True) == (answer["expires_at"], answer["token"] in fake.issued)
+
+
+def test_smile_id_dripping_its_answer_is_cut_at_smileid_timeout(
+    start_daemon: StartDaemon, fake: FakeV3
+) -> None:
+    """A byte every 0.3 s never trips a read timeout; the call's own deadline does: 504."""
+    fake.mode = "drip"
+    daemon = start(start_daemon, fake)
+    answer = refused(lambda: daemon.client().token("sandbox"))
+    fake.released.set()
+    assert (504, "smileid_timeout") == answer

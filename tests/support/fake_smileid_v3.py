@@ -47,6 +47,7 @@ class FakeV3:
     ca_file: Path = Path()
     ttl_s: int = 3600
     with_exp: bool = True
+    exp_override: Any = None  # an exp claim as given (Infinity, a string...), instead of ttl_s
     mode: str = "ok"
     token_calls: int = 0
     refused: int = 0
@@ -68,7 +69,9 @@ class FakeV3:
             "gen": self.generation,
             "jti": uuid.uuid4().hex,  # every token its own, as a real one
         }
-        if self.with_exp:
+        if self.exp_override is not None:
+            claims["exp"] = self.exp_override
+        elif self.with_exp:
             claims["exp"] = int(time.time()) + self.ttl_s
         token = _jwt(claims)
         self.issued.append(token)
@@ -170,6 +173,17 @@ def _handler(fake: FakeV3) -> type[BaseHTTPRequestHandler]:
             if fake.mode == "hang":
                 fake.held.set()
                 fake.released.wait(60)
+                self.close_connection = True
+                return
+            if fake.mode == "drip":  # headers, then a byte now and then: no read times out
+                self.send_response(200)
+                self.send_header("Content-Length", "100000")
+                self.end_headers()
+                for _ in range(200):
+                    if fake.released.wait(0.3):
+                        break
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
                 self.close_connection = True
                 return
             if fake.mode == "5xx":
