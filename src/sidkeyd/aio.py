@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from sidkeyd.client import (
+    MAX_BODY_BYTES,
     check_partner,
     default_socket_path,
     encode_request,
@@ -66,6 +67,15 @@ class AsyncClient:
         body = {"environment": environment, "key_version": key_version, "status": status}
         return ok_payload(*await self.request("POST", "/v1/report", body))
 
+    async def token(self, environment: str) -> dict[str, Any]:
+        """A Smile ID V3 token: ``{"token", "expires_at", "environment", "key_version"}``."""
+        return ok_payload(*await self.request("POST", "/v1/token", {"environment": environment}))
+
+    async def report_token(self, environment: str, status: int | str = 401) -> dict[str, Any]:
+        """Tell the daemon Smile ID refused a token it gave: the next one is fresh."""
+        body = {"environment": environment, "kind": "token", "status": status}
+        return ok_payload(*await self.request("POST", "/v1/report", body))
+
     async def refresh(self, environment: str | None = None) -> dict[str, Any]:
         body = {"environment": environment} if environment else {}
         return ok_payload(*await self.request("POST", "/v1/refresh", body))
@@ -113,6 +123,16 @@ class AsyncClient:
                         raise DaemonUnavailableError(
                             f"sidkeyd at {self.socket_path} {_reason(exc)}"
                         ) from exc
+                except DaemonUnavailableError:
+                    await self._disconnect()
+                    raise
+                except (ValueError, IndexError, asyncio.LimitOverrunError):
+                    # Not the daemon's HTTP/JSON: the connection is no good, and the error
+                    # (a JSONDecodeError keeps the whole answer, a token) is not passed on.
+                    await self._disconnect()
+                    raise DaemonUnavailableError(
+                        f"sidkeyd at {self.socket_path} answered something that is not its protocol"
+                    ) from None
         raise AssertionError("unreachable")
 
     async def _exchange(self, message: bytes) -> tuple[int, dict[str, Any]]:
@@ -128,13 +148,19 @@ class AsyncClient:
                 raise DaemonUnavailableError("sidkeyd closed the connection mid-response") from exc
             raise _Dropped() from exc
         status, headers = parse_head(head[:-4])
+        length = int(headers.get("content-length", "0"))
+        if not 0 <= length <= MAX_BODY_BYTES:
+            raise ValueError("answer too large")
         try:
-            body = await self._reader.readexactly(int(headers.get("content-length", "0")))
+            body = await self._reader.readexactly(length)
         except asyncio.IncompleteReadError as exc:
             raise DaemonUnavailableError("sidkeyd closed the connection mid-response") from exc
         if headers.get("connection", "").lower() == "close":
             await self._disconnect()
-        return status, json.loads(body) if body else {}
+        payload = json.loads(body) if body else {}
+        if not isinstance(payload, dict):
+            raise ValueError("answer is not a JSON object")
+        return status, payload
 
     async def _disconnect(self) -> None:
         writer, self._reader, self._writer = self._writer, None, None

@@ -75,9 +75,20 @@ def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
 
 def ok_payload(status: int, payload: dict[str, Any]) -> dict[str, Any]:
     if status != 200:
-        error = payload.get("error", {})
-        raise RequestFailedError(status, error.get("code", "unknown"), error.get("message", ""))
+        error = payload.get("error")
+        error = error if isinstance(error, dict) else {}
+        raise RequestFailedError(
+            status, str(error.get("code", "unknown")), str(error.get("message", ""))
+        )
     return payload
+
+
+MAX_HEAD_BYTES = 64 * 1024
+MAX_BODY_BYTES = 1024 * 1024
+
+
+class _NotTheProtocol(Exception):
+    """The answer is not the daemon's HTTP/JSON: never carries the answer itself."""
 
 
 class Client:
@@ -182,7 +193,8 @@ class Client:
                     sock = self._connect()
                     sock.sendall(message)
                     return self._read_response(sock)
-                except (_ConnectionDropped, OSError) as exc:
+                except (_ConnectionDropped, BrokenPipeError, ConnectionResetError) as exc:
+                    # Nothing came back: the request was not handled; safe to send again.
                     self._disconnect()
                     if fresh or attempt == 2:
                         reason = (
@@ -193,6 +205,19 @@ class Client:
                         raise DaemonUnavailableError(
                             f"sidkeyd at {self.socket_path} {reason}"
                         ) from exc
+                except DaemonUnavailableError:
+                    self._disconnect()  # closed mid-answer: the connection is no good
+                    raise
+                except _NotTheProtocol:
+                    self._disconnect()  # what is left in the buffer cannot be trusted either
+                    raise DaemonUnavailableError(
+                        f"sidkeyd at {self.socket_path} answered something that is not its protocol"
+                    ) from None
+                except OSError as exc:  # a timeout after sending: no retry, it may have run
+                    self._disconnect()
+                    raise DaemonUnavailableError(
+                        f"sidkeyd at {self.socket_path} cannot be reached: {exc.strerror or exc}"
+                    ) from exc
         raise AssertionError("unreachable")
 
     def _connect(self) -> socket.socket:
@@ -214,17 +239,30 @@ class Client:
 
     def _read_response(self, sock: socket.socket) -> tuple[int, dict[str, Any]]:
         head = self._read_until(sock, b"\r\n\r\n", got_any=False)
-        status, headers = parse_head(head)
-        length = int(headers.get("content-length", "0"))
+        try:
+            status, headers = parse_head(head)
+            length = int(headers.get("content-length", "0"))
+        except (ValueError, IndexError):
+            raise _NotTheProtocol() from None
+        if not 0 <= length <= MAX_BODY_BYTES:
+            raise _NotTheProtocol()
         while len(self._buffer) < length:
             self._recv(sock, got_any=True)
         body, self._buffer = self._buffer[:length], self._buffer[length:]
         if headers.get("connection", "").lower() == "close":
             self._disconnect()
-        return status, json.loads(body) if body else {}
+        try:
+            payload = json.loads(body) if body else {}
+        except ValueError:
+            raise _NotTheProtocol() from None  # the error would carry the body (a token)
+        if not isinstance(payload, dict):
+            raise _NotTheProtocol()
+        return status, payload
 
     def _read_until(self, sock: socket.socket, marker: bytes, *, got_any: bool) -> bytes:
         while marker not in self._buffer:
+            if len(self._buffer) > MAX_HEAD_BYTES:
+                raise _NotTheProtocol()
             self._recv(sock, got_any=got_any or bool(self._buffer))
         head, _, self._buffer = self._buffer.partition(marker)
         return head

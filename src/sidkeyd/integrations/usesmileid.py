@@ -59,7 +59,11 @@ class SidkeydTransport(httpx.BaseTransport):
         except RequestFailedError as refused:
             error = {"code": refused.code, "message": refused.message}
             return httpx.Response(refused.status, json={"error": error}, request=request)
-        return httpx.Response(200, json={"token": answer["token"]}, request=request)
+        token = answer.get("token")
+        if not isinstance(token, str):
+            error = {"code": "bad_answer", "message": "sidkeyd answered no token"}
+            return httpx.Response(502, json={"error": error}, request=request)
+        return httpx.Response(200, json={"token": token}, request=request)
 
     def close(self) -> None:
         self._inner.close()
