@@ -62,8 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
         "environment's key now (the config is read only at start).",
     )
     with_config(serve)
-    check = commands.add_parser("check-config", help="validate a config file and exit")
+    check = commands.add_parser(
+        "check-config",
+        help="validate a config file and exit",
+        description="Validate the config (exit 2 naming every problem). With --online, also log "
+        "in to each source and read each secret once, never printing it (exit 1 if any fails).",
+    )
     with_config(check)
+    check.add_argument(
+        "--online", action="store_true", help="also authenticate and read each secret once"
+    )
 
     sign = commands.add_parser("sign", help="print a signature as JSON")
     sign.add_argument("--env", required=True, help="environment name, e.g. sandbox")
@@ -105,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(_config_path(args))
         if args.command == "check-config":
-            return _check_config(_config_path(args))
+            return _check_config(_config_path(args), online=args.online)
         return _client_command(args)
     except KeyboardInterrupt:
         return 130
@@ -130,7 +138,7 @@ def _load(path: Path) -> Config | None:
         return None
 
 
-def _check_config(path: Path) -> int:
+def _check_config(path: Path, *, online: bool = False) -> int:
     from sidkeyd.config_loader import missing_files
 
     config = _load(path)
@@ -145,7 +153,24 @@ def _check_config(path: Path) -> int:
     print(f"{path}: ok ({len(config.environments)} environments, {len(config.sources)} sources)")
     for warning in config.warnings():
         print(f"  warning: {warning}")
-    return EXIT_OK
+    return _check_online(config) if online else EXIT_OK
+
+
+def _check_online(config: Config) -> int:
+    from dataclasses import replace
+
+    from sidkeyd.log import configure_logging
+    from sidkeyd.online import probe
+
+    read_keys: list[str] = []  # what the sources' own log lines must not show
+    configure_logging(replace(config.log, level="warning"), lambda: read_keys, sys.stderr)
+    results = probe(config, read_keys)
+    for result in results:
+        if result.ok:
+            print(f"  {result.environment}: ok, key version {result.key_version}")
+        else:
+            print(f"  {result.environment}: {result.error_code}: {result.reason}")
+    return EXIT_OK if all(r.ok for r in results) else EXIT_NEGATIVE
 
 
 def _serve(path: Path) -> int:
