@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -99,6 +100,8 @@ class CheckRunner:
         self._flights: dict[str, _Flight] = {}
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}  # (env, stale|revoke)
         self._log = get_logger()
+        # (environment, trigger, "ok" | "changed" | error code, seconds): the metrics.
+        self.observe: Callable[[str, str, str, float], None] = lambda *_: None
 
     def forced_in_flight(self, environment: str) -> bool:
         """A forced check is running for ``environment``: a report may join it."""
@@ -149,6 +152,7 @@ class CheckRunner:
         env, fresh = self._environments[name], self._fresh[name]
         held = self._store.get(name)
         fresh.attempted(self._now())
+        started = time.monotonic()
         just_read = ""  # a key read by this check: scrubbed from its error, held or not
         try:
             result = await self._fetch(env, None if force or held is None else held.version)
@@ -161,6 +165,8 @@ class CheckRunner:
                     "key.check", environment=name, trigger=trigger, key_version=result.version
                 )
             self._apply(name, fresh.succeeded(self._now(), trigger, installed))
+            result_name = "ok" if installed is None else "changed"
+            self.observe(name, trigger, result_name, time.monotonic() - started)
             return CheckOutcome(name, result.version, changed=installed is not None)
         except SourceError as exc:
             exc.scrub([*self._store.secrets(), just_read])
@@ -170,6 +176,7 @@ class CheckRunner:
                 name, fresh.failed(exc, self._now(), trigger, held=current, retry_in_s=retry_in_s)
             )
             version = current.version if current else None
+            self.observe(name, trigger, exc.code, time.monotonic() - started)
             return CheckOutcome(name, version, changed=False, error=exc.reason)
 
     async def _fetch(self, env: EnvironmentConfig, held_version: str | None) -> FetchResult:

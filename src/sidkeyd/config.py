@@ -57,6 +57,16 @@ class RefreshConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus metrics: ``GET /metrics`` on the socket, and optionally a TCP listener."""
+
+    enabled: bool = True
+    listen: tuple[str, int] | None = None  # (host, port); loopback unless allow_remote
+    allow_remote: bool = False
+    readers: AccessPolicy | None = None  # who may scrape on the socket, besides the admins
+
+
+@dataclass(frozen=True)
 class LogConfig:
     format: Literal["json", "console"] = "json"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -177,6 +187,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     refresh: RefreshConfig = field(default_factory=RefreshConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     admin: AccessPolicy = field(default_factory=default_admin)
     sources: Mapping[str, SourceConfig] = field(default_factory=lambda: MappingProxyType({}))
     environments: Mapping[str, EnvironmentConfig] = field(

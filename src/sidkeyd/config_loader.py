@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import grp
 import importlib.util
+import ipaddress
 import os
 import pwd
 import re
@@ -26,6 +27,7 @@ from sidkeyd.config import (
     EnvironmentConfig,
     FileSourceConfig,
     LogConfig,
+    MetricsConfig,
     RefreshConfig,
     ServerConfig,
     SmileIdV3Config,
@@ -82,6 +84,7 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path, path: Path | None =
     )
     log_table.finish()
     admin = _policy(root.table("admin"), default_admin()) if "admin" in data else default_admin()
+    metrics = _metrics(root.table("metrics"))
     sources = {name: _source(name, table) for name, table in root.tables("sources")}
     environments = {
         name: _environment(name, table, refresh, sources)
@@ -97,6 +100,7 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path, path: Path | None =
         refresh=refresh,
         log=log,
         admin=admin,
+        metrics=metrics,
         sources=MappingProxyType({k: v for k, v in sources.items() if v is not None}),
         environments=MappingProxyType(environments),
         path=path,
@@ -135,6 +139,34 @@ def _server(table: TomlTable) -> ServerConfig:
     )
     table.finish()
     return config
+
+
+def _metrics(table: TomlTable) -> MetricsConfig:
+    enabled = table.boolean("enabled", True)
+    allow_remote = table.boolean("allow_remote", False)
+    listen_text = table.optional_str("listen")
+    listen = None
+    if listen_text is not None:
+        host, _, port = listen_text.rpartition(":")
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            table.problem("listen", 'must be "host:port", such as "127.0.0.1:9464"')
+        else:
+            listen = (host, int(port))
+            if not allow_remote and not _loopback(host):
+                table.problem(
+                    "listen", f"{host!r} is not a loopback address: set allow_remote = true"
+                )
+    readers = _policy(table.table("readers"), None) if "readers" in table.raw else None
+    table.finish()
+    return MetricsConfig(enabled, listen, allow_remote, readers)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _refresh(table: TomlTable, base: RefreshConfig, *, finish: bool = True) -> RefreshConfig:

@@ -23,6 +23,7 @@ class Response:
     body: bytes
     headers: tuple[tuple[str, str], ...] = field(default=())
     close: bool = False  # close the connection after sending (unrecoverable framing)
+    content_type: str = "application/json"
 
 
 def json_response(status: int, payload: object, **kwargs: object) -> Response:
@@ -65,12 +66,18 @@ def encode_response(
     ``announce_keep_alive``: an HTTP/1.0 client closes unless told ``Connection: keep-alive``.
     ``omit_body``: the answer to HEAD, with the headers (and ``Content-Length``) of the GET.
     """
-    plain = not (response.headers or response.close or announce_keep_alive or omit_body)
+    plain = not (
+        response.headers
+        or response.close
+        or announce_keep_alive
+        or omit_body
+        or response.content_type != "application/json"
+    )
     if response.status == 200 and keep_alive and plain:
         return b"%s%d\r\n\r\n%s" % (_OK_HEAD, len(response.body), response.body)
     head = [
         f"HTTP/1.1 {response.status} {reason_phrase(response.status)}",
-        "Content-Type: application/json",
+        f"Content-Type: {response.content_type}",
         f"Content-Length: {len(response.body)}",
     ]
     head.extend(f"{name}: {value}" for name, value in response.headers)

@@ -37,16 +37,20 @@ class RejectionLog:
         window_s: float = DEFAULT_WINDOW_S,
         clock: Callable[[], float] = time.monotonic,
         schedule: Schedule | None = None,
+        counted: Callable[[str], None] | None = None,
     ) -> None:
         self._log = log
         self._window_s = window_s
         self._clock = clock
         self._schedule = schedule  # loop.call_later; None: flushed only by later rejections
+        self._counted = counted  # every refusal, aggregated in the log or not (metrics)
         self._windows: dict[tuple[int, str, str | None], _Window] = {}
         self._timer_armed = False
 
     def reject(self, status: int, reason: str, **fields: Any) -> None:
         """Log one rejection (``fields`` carry the peer's ``peer_uid``), or count a repeat."""
+        if self._counted is not None:
+            self._counted(reason)
         now = self._clock()
         key = (int(fields.get("peer_uid", -1)), reason, fields.get("path"))
         window = self._windows.get(key)

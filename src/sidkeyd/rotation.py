@@ -111,6 +111,10 @@ class KeyManager:
     def environments(self) -> list[str]:
         return list(self._fresh)
 
+    def observe_checks(self, observe: Callable[[str, str, str, float], None]) -> None:
+        """Report each check (environment, trigger, result, seconds) to ``observe``."""
+        self._checks.observe = observe
+
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:

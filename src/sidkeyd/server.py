@@ -24,6 +24,8 @@ from sidkeyd.connections import ConnectionTracker, Limits
 from sidkeyd.freshness import Trigger
 from sidkeyd.keystore import KeyStore
 from sidkeyd.log import get_logger
+from sidkeyd.metrics import NO_METRICS, Metrics
+from sidkeyd.metrics_listener import serve_metrics
 from sidkeyd.notify import Notifier, Watchdog
 from sidkeyd.process import harden_process
 from sidkeyd.rejections import RejectionLog
@@ -103,7 +105,10 @@ class Server:
             config.server.max_connections, config.server.max_connections_per_uid
         )
         loop = asyncio.get_running_loop()
-        rejections = RejectionLog(self._log, schedule=loop.call_later)
+        metrics = Metrics(config.environments) if config.metrics.enabled else NO_METRICS
+        metrics.watch(manager, lambda: len(tracker.connections))
+        manager.observe_checks(metrics.checked)
+        rejections = RejectionLog(self._log, schedule=loop.call_later, counted=metrics.rejected)
         tokens = TokenBroker(config.environments, manager, self.store)
         self._install_signal_handlers(manager)
         notifier = Notifier()
@@ -112,7 +117,9 @@ class Server:
         try:
             # Serving starts before the first loads: while they run, every request gets a
             # prompt 503 "starting" (health says so), never a connection left unanswered.
-            app = Application(config, manager, rejections=rejections, tokens=tokens)
+            app = Application(
+                config, manager, rejections=rejections, tokens=tokens, metrics=metrics
+            )
             limits = Limits(
                 max_header_bytes=config.server.max_header_bytes,
                 max_body_bytes=config.server.max_body_bytes,
@@ -127,6 +134,7 @@ class Server:
                 backlog=config.server.backlog,
             )
             self._log.info("daemon.listening", socket=str(config.server.socket), pid=os.getpid())
+            scrapes = await self._metrics_listener(config, metrics)
             if await self._started(manager):
                 self._log.info(
                     "daemon.started",
@@ -152,6 +160,8 @@ class Server:
             deadline = loop.time() + config.server.shutdown_timeout.total_seconds()
             self._log.info("daemon.stopping", open_connections=len(tracker.connections))
             server.close()
+            if scrapes is not None:
+                scrapes.close()
             tracker.shutdown()
             try:
                 await asyncio.wait_for(tracker.drained.wait(), deadline - loop.time())
@@ -170,6 +180,14 @@ class Server:
             rejections.flush(everything=True)
             notifier.close()
             self._log.info("daemon.stopped")
+
+    async def _metrics_listener(self, config: Config, metrics: Metrics) -> asyncio.Server | None:
+        if config.metrics.listen is None or not config.metrics.enabled:
+            return None
+        host, port = config.metrics.listen
+        scrapes = await serve_metrics(host, port, metrics)
+        self._log.info("metrics.listening", host=host, port=port)
+        return scrapes
 
     async def _started(self, manager: KeyManager) -> bool:
         """The first load of every environment, unless a stop signal comes first (False).

@@ -327,3 +327,10 @@ def test_an_unquoted_partner_id_with_a_leading_zero_says_to_quote_it(tmp_path: P
     reason = caught.value.problems[0].reason
     assert 'partner_id must be a quoted string, as partner_id = "085"' in reason
     assert reason.startswith("line ")
+
+
+def test_metrics_listen_must_be_loopback_unless_allowed() -> None:
+    """A non-loopback listen address is refused without allow_remote = true."""
+    assert "metrics.listen" in problems(MINIMAL + '\n[metrics]\nlisten = "0.0.0.0:9464"\n')
+    allowed = parse(MINIMAL + '\n[metrics]\nlisten = "0.0.0.0:9464"\nallow_remote = true\n')
+    assert ("0.0.0.0", 9464) == allowed.metrics.listen

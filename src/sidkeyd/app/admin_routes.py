@@ -10,6 +10,7 @@ from sidkeyd.app.access import Engine, EnvironmentGate
 from sidkeyd.errors import BadRequest
 from sidkeyd.freshness import Health, Trigger
 from sidkeyd.http import Request, Response, json_response
+from sidkeyd.metrics import CONTENT_TYPE, NO_METRICS, Metrics
 from sidkeyd.policy import AccessPolicy
 from sidkeyd.status import EnvironmentStatus
 from sidkeyd.tokens import TokenBroker
@@ -23,11 +24,16 @@ class AdminRoutes:
         gate: EnvironmentGate,
         admin: AccessPolicy,
         tokens: TokenBroker | None = None,
+        *,
+        metrics: Metrics = NO_METRICS,
+        readers: AccessPolicy | None = None,
     ) -> None:
         self._engine = engine
         self._gate = gate
         self._admin = admin
         self._tokens = tokens
+        self._metrics = metrics
+        self._readers = readers
 
     def refresh(self, request: Request) -> Awaitable[Response]:
         if not self._admin.permits(request.peer):
@@ -59,6 +65,13 @@ class AdminRoutes:
     def status(self, request: Request) -> Response:
         detailed = self._admin.permits(request.peer)
         return json_response(200, {"environments": self.environment_status(detailed=detailed)})
+
+    def metrics(self, request: Request) -> Response:
+        """Prometheus text, for admins and ``[metrics.readers]``."""
+        peer = request.peer
+        if not self._admin.permits(peer) and not (self._readers and self._readers.permits(peer)):
+            raise BadRequest("forbidden", "metrics are for admins and [metrics.readers]", 403)
+        return Response(200, self._metrics.render(), content_type=CONTENT_TYPE)
 
     def health(self, request: Request) -> Response:
         environments = {}

@@ -14,6 +14,7 @@ from sidkeyd.config import Config
 from sidkeyd.errors import KeyUnavailableError, RequestError
 from sidkeyd.http import Request, Response, error_response
 from sidkeyd.log import get_logger, untrusted
+from sidkeyd.metrics import NO_METRICS, Metrics
 from sidkeyd.ratelimit import RateLimiter
 from sidkeyd.rejections import RejectionLog
 from sidkeyd.signing import TimestampClock
@@ -32,6 +33,7 @@ class Application:
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         rejections: RejectionLog | None = None,
         tokens: TokenBroker | None = None,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self._log = get_logger()
         self.rejections = rejections or RejectionLog(self._log)
@@ -45,7 +47,7 @@ class Application:
             if server.sign_rate_limit > 0
             else None
         )
-        token_routes = TokenRoutes(tokens, gate) if tokens is not None else None
+        token_routes = TokenRoutes(tokens, gate, metrics) if tokens is not None else None
         signing = SigningRoutes(
             engine,
             gate,
@@ -54,8 +56,11 @@ class Application:
             skew=server.timestamp_skew,
             limiter=limiter,
             token_refused=token_routes.refused if token_routes else None,
+            metrics=metrics,
         )
-        admin = AdminRoutes(engine, gate, config.admin, tokens)
+        admin = AdminRoutes(
+            engine, gate, config.admin, tokens, metrics=metrics, readers=config.metrics.readers
+        )
         self._routes: dict[str, dict[str, Callable[[Request], Result]]] = {
             "/v1/sign": {"POST": signing.sign},
             "/v1/verify": {"POST": signing.verify},
@@ -64,6 +69,7 @@ class Application:
             # HEAD is the GET without its body (the transport leaves the body out).
             "/v1/status": {"GET": admin.status, "HEAD": admin.status},
             "/v1/health": {"GET": admin.health, "HEAD": admin.health},
+            "/metrics": {"GET": admin.metrics},
         }
         if token_routes is not None:
             self._routes["/v1/token"] = {"POST": token_routes.token}

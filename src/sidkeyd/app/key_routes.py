@@ -11,6 +11,7 @@ from sidkeyd.errors import BadRequest, TimestampError
 from sidkeyd.http import Request, Response, json_response
 from sidkeyd.keystore import KeySnapshot
 from sidkeyd.log import get_logger, untrusted
+from sidkeyd.metrics import NO_METRICS, Metrics
 from sidkeyd.ratelimit import RateLimiter, retry_after
 from sidkeyd.signing import TimestampClock, check_timestamp
 from sidkeyd.validation import MAX_SIGNATURE_CHARS, MAX_TIMESTAMP_CHARS, parse_fields
@@ -27,6 +28,7 @@ class SigningRoutes:
         skew: timedelta,
         limiter: RateLimiter | None,
         token_refused: Callable[[str, Request], Response] | None = None,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self._engine = engine
         self._gate = gate
@@ -35,9 +37,11 @@ class SigningRoutes:
         self._skew = skew
         self._limiter = limiter
         self._token_refused = token_refused
+        self._metrics = metrics
         self._log = get_logger()
 
     def sign(self, request: Request) -> Response:
+        started = time.perf_counter_ns()
         body = parse_fields(request.body, required=("environment",), optional=("timestamp",))
         environment = self._gate.environment(body, request.peer)
         if self._limiter is not None:
@@ -71,6 +75,7 @@ class SigningRoutes:
             + key.json_fields
             + f', "key_age_s": {age}}}'.encode()
         )
+        self._metrics.signed(environment, started)
         return Response(200, payload)
 
     def verify(self, request: Request) -> Response | Awaitable[Response]:
@@ -118,6 +123,7 @@ class SigningRoutes:
         rechecked: bool,
     ) -> Response:
         current = self._engine.signing_key(environment)
+        self._metrics.verified(environment, matched is not None)
         self._log.info(
             "signature.verified",
             environment=environment,

@@ -8,14 +8,18 @@ from sidkeyd.app.access import EnvironmentGate
 from sidkeyd.errors import BadRequest
 from sidkeyd.http import Request, Response, json_response
 from sidkeyd.log import get_logger
+from sidkeyd.metrics import NO_METRICS, Metrics
 from sidkeyd.tokens import TokenBroker, iso_epoch
 from sidkeyd.validation import parse_fields
 
 
 class TokenRoutes:
-    def __init__(self, broker: TokenBroker, gate: EnvironmentGate) -> None:
+    def __init__(
+        self, broker: TokenBroker, gate: EnvironmentGate, metrics: Metrics = NO_METRICS
+    ) -> None:
         self._broker = broker
         self._gate = gate
+        self._metrics = metrics
         self._log = get_logger()
 
     def token(self, request: Request) -> Awaitable[Response]:
@@ -39,6 +43,7 @@ class TokenRoutes:
     async def _token(self, environment: str, request: Request) -> Response:
         held = await self._broker.token(environment)
         expires_at = iso_epoch(held.expires_at)
+        self._metrics.token_issued(environment)
         self._log.info(
             "token.issued",
             environment=environment,
