@@ -131,16 +131,17 @@ def make_targets(folder: Path, compare: tuple[tuple[str, Path], ...] = ()) -> li
         baseline_target(folder, "static", "baseline: uvloop+httptools, fixed body"),
         baseline_target(folder, "hmac", "baseline + JSON parse + HMAC"),
     ]
-    for level, label in (
-        ("info", "sidkeyd, audit log on (info)"),
-        ("warning", "sidkeyd, log warning"),
+    for name, level, extra, label in (
+        ("info", "info", "", "sidkeyd, audit log on (info)"),
+        ("warning", "warning", "", "sidkeyd, log warning"),
+        ("nometrics", "info", "\n[metrics]\nenabled = false\n", "sidkeyd, audit on, metrics off"),
     ):
-        sock = folder / f"sidkeyd-{level}.sock"
-        config = folder / f"sidkeyd-{level}.toml"
+        sock = folder / f"sidkeyd-{name}.sock"
+        config = folder / f"sidkeyd-{name}.toml"
         text = DAEMON_CONFIG.format(socket=sock, level=level, keys=keys, uid=os.getuid())
-        config.write_text(text)
+        config.write_text(text + extra)
         argv = [sys.executable, "-m", "sidkeyd", "serve", "-c", str(config)]
-        log = folder / f"sidkeyd-{level}.log"
+        log = folder / f"sidkeyd-{name}.log"
         targets.append(Target(label, argv, sock, log, audited=level == "info"))
     for name, src in compare:
         sock = folder / f"sidkeyd-{name}.sock"
@@ -192,11 +193,18 @@ def probe(target: Target) -> None:
         f"POST /v1/sign HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(REQUEST_BODY)}\r\n\r\n{REQUEST_BODY}"
     ).encode()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(10)
-        sock.connect(str(target.socket))
-        sock.sendall(request)
-        head, body = read_response(sock)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(str(target.socket))
+            sock.sendall(request)
+            head, body = read_response(sock)
+        # The daemon serves during its first key checks, answering 503 "starting": wait them out.
+        if b'"starting"' in body and time.monotonic() < deadline:
+            time.sleep(0.05)
+            continue
+        break
     if not head.startswith(b"HTTP/1.1 200"):
         raise RuntimeError(f"{target.name} answered {head[:40]!r}")
     target.body_bytes = len(body)
