@@ -9,31 +9,17 @@ from collections.abc import Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from support.configs import file_config, key_file
 from support.daemon import Daemon
 from support.moto_server import free_port
 
 StartDaemon = Callable[..., Daemon]
 KEY = "metrics-e2e-key-5f0c-not-real"
-CONFIG = """
-[server]
-socket = "{socket}"
-socket_group = "nogroup"
+FILES = key_file(KEY)
 
-@METRICS@
 
-[log]
-format = "json"
-
-[sources.local]
-type = "file"
-path = "keys.toml"
-
-[environments.sandbox]
-source = "local"
-secret = "sandbox"
-partner_id = "085"
-"""
-FILES = {"keys.toml": f'[sandbox]\napi_key = "{KEY}"\n'}
+def config(metrics: str = "") -> str:
+    return file_config(server='socket_group = "nogroup"', sections=metrics)
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -55,7 +41,7 @@ def scrape(daemon: Daemon) -> str:
 
 def test_signatures_keys_and_checks_are_counted(start_daemon: StartDaemon) -> None:
     """Three signatures, the key in use with its version, a startup check, open connections."""
-    daemon = start_daemon(CONFIG.replace("@METRICS@", ""), files=FILES)
+    daemon = start_daemon(config(), files=FILES)
     client = daemon.client()
     version = [client.sign("sandbox") for _ in range(3)][-1]["key_version"]
     values = samples(scrape(daemon))
@@ -81,7 +67,7 @@ def test_metrics_are_refused_to_a_peer_who_is_no_admin_nor_reader(
     """Another uid in the socket's group: 403 forbidden on /metrics."""
     from test_access import NOGROUP, STRANGER, request_as
 
-    daemon = start_daemon(CONFIG.replace("@METRICS@", ""), files=FILES)
+    daemon = start_daemon(config(), files=FILES)
     os.chmod(daemon.socket_path.parent, 0o755)  # let other uids reach the socket's folder
     status, body = request_as(daemon, STRANGER, NOGROUP, (), "GET", "/metrics")
     assert (403, "forbidden") == (status, body["error"]["code"])
@@ -90,9 +76,7 @@ def test_metrics_are_refused_to_a_peer_who_is_no_admin_nor_reader(
 def test_the_tcp_listener_serves_metrics_only_and_no_key(start_daemon: StartDaemon) -> None:
     """[metrics] listen on loopback: GET /metrics parses; any other path is 404; no key text."""
     port = free_port()
-    daemon = start_daemon(
-        CONFIG.replace("@METRICS@", f'[metrics]\nlisten = "127.0.0.1:{port}"'), files=FILES
-    )
+    daemon = start_daemon(config(f'[metrics]\nlisten = "127.0.0.1:{port}"'), files=FILES)
     daemon.client().sign("sandbox")
     daemon.wait_for_event("metrics.listening")
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
@@ -112,6 +96,6 @@ def test_the_tcp_listener_serves_metrics_only_and_no_key(start_daemon: StartDaem
 
 def test_metrics_off_serve_an_empty_registry(start_daemon: StartDaemon) -> None:
     """[metrics] enabled = false: /metrics answers, with no sidkeyd metric in it."""
-    daemon = start_daemon(CONFIG.replace("@METRICS@", "[metrics]\nenabled = false"), files=FILES)
+    daemon = start_daemon(config("[metrics]\nenabled = false"), files=FILES)
     daemon.client().sign("sandbox")
     assert [] == [name for (name, _) in samples(scrape(daemon)) if name.startswith("sidkeyd_")]

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
+from support.configs import file_config, key_file
 from support.daemon import Daemon, refused
 from support.moto_server import MotoEndpoint, OutageFront
 
@@ -117,30 +118,10 @@ def test_a_scheduled_check_cancelled_at_shutdown_writes_only_json_lines(
     assert [] == not_json
 
 
-CONFIG = """
-[server]
-socket = "{socket}"
-
-[log]
-format = "json"
-
-[sources.local]
-type = "file"
-path = "keys.toml"
-
-[environments.sandbox]
-source = "local"
-secret = "sandbox"
-partner_id = "085"
-@ALLOW@
-"""
-KEYS = f'[sandbox]\napi_key = "{KEY}"\n'
-
-
 @pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM])
 def test_stray_signals_are_logged_and_ignored(start_daemon: StartDaemon, sig: int) -> None:
     """SIGUSR1/SIGUSR2/SIGALRM no longer kill the daemon: it says so and keeps signing."""
-    daemon = start_daemon(CONFIG.replace("@ALLOW@", ""), files={"keys.toml": KEYS})
+    daemon = start_daemon(file_config(), files=key_file(KEY))
     daemon.signal(sig)
     event = daemon.wait_for_event("signal.ignored")
     assert (signal.Signals(sig).name, "sandbox") == (
@@ -151,7 +132,7 @@ def test_stray_signals_are_logged_and_ignored(start_daemon: StartDaemon, sig: in
 
 def test_sigquit_stops_gracefully(start_daemon: StartDaemon) -> None:
     """SIGQUIT is a stop like SIGTERM: daemon.stopped, exit 0, the socket removed."""
-    daemon = start_daemon(CONFIG.replace("@ALLOW@", ""), files={"keys.toml": KEYS})
+    daemon = start_daemon(file_config(), files=key_file(KEY))
     assert daemon.process is not None
     daemon.signal(signal.SIGQUIT)
     code = daemon.process.wait(EXIT_BOUND_S)
@@ -162,7 +143,7 @@ def test_sigquit_stops_gracefully(start_daemon: StartDaemon) -> None:
 def test_a_refused_flood_writes_two_lines_not_thousands(start_daemon: StartDaemon) -> None:
     """300 refused signatures from one uid: one request.rejected, one count of the 299 others."""
     allow = "[environments.sandbox.allow]\nuids = [4242]\n"  # not the test's uid
-    daemon = start_daemon(CONFIG.replace("@ALLOW@", allow), files={"keys.toml": KEYS})
+    daemon = start_daemon(file_config(extra=allow), files=key_file(KEY))
     client = daemon.client()
     statuses = {refused(lambda: client.sign("sandbox")) for _ in range(300)}
     daemon.stop()  # the window still open is counted at shutdown
@@ -177,7 +158,7 @@ def test_a_refused_flood_writes_two_lines_not_thousands(start_daemon: StartDaemo
 
 def test_an_offset_no_place_uses_is_refused(start_daemon: StartDaemon) -> None:
     """Now, written at +23:59, is 400 invalid_timestamp; the same instant at +14:00 signs."""
-    daemon = start_daemon(CONFIG.replace("@ALLOW@", ""), files={"keys.toml": KEYS})
+    daemon = start_daemon(file_config(), files=key_file(KEY))
     client = daemon.client()
     now = datetime.now(UTC)
 

@@ -19,26 +19,11 @@ from pathlib import Path
 import pytest
 
 from sidkeyd.client import Client
+from support.configs import file_config, key_file
 from support.daemon import Daemon, short_socket_dir
 
 TOOL = shutil.which("systemd-socket-activate")
 KEY = "socket-activation-key-77d0-not-real"
-CONFIG = """
-[server]
-socket = "{socket}"
-
-[log]
-format = "json"
-
-[sources.local]
-type = "file"
-path = "keys.toml"
-
-[environments.sandbox]
-source = "local"
-secret = "sandbox"
-partner_id = "085"
-"""
 
 
 @pytest.fixture
@@ -52,8 +37,8 @@ def tool() -> str:
 
 def test_an_inherited_socket_is_served_and_never_unlinked(tool: str, tmp_path: Path) -> None:
     """First client answered at once; signing works; after SIGTERM the path is still there."""
-    (tmp_path / "keys.toml").write_text(f'[sandbox]\napi_key = "{KEY}"\n')
-    daemon = Daemon.write_config(tmp_path, CONFIG)  # its own socket path is never used
+    (tmp_path / "keys.toml").write_text(key_file(KEY)["keys.toml"])
+    daemon = Daemon.write_config(tmp_path, file_config())  # its own socket path is never used
     activated = short_socket_dir() / "activated.sock"
     with daemon.log_path.open("ab") as log:
         process = subprocess.Popen(

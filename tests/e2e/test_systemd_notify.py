@@ -13,26 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from support.configs import file_config, key_file
 from support.daemon import Daemon, short_socket_dir
 
 StartDaemon = Callable[..., Daemon]
 KEY = "notify-e2e-key-1c3f-not-real"
-CONFIG = """
-[server]
-socket = "{socket}"
-
-[log]
-format = "json"
-
-[sources.local]
-type = "file"
-path = "keys.toml"
-
-[environments.sandbox]
-source = "local"
-secret = "sandbox"
-partner_id = "085"
-"""
 
 
 class Manager:
@@ -82,7 +67,7 @@ def manager() -> Iterator[Manager]:
 def test_ready_watchdog_and_stopping_in_order(start_daemon: StartDaemon, manager: Manager) -> None:
     """STATUS starting, READY=1 with each environment's health, pings while signing, STOPPING=1."""
     env = {"NOTIFY_SOCKET": str(manager.path), "WATCHDOG_USEC": "200000"}
-    daemon = start_daemon(CONFIG, files={"keys.toml": f'[sandbox]\napi_key = "{KEY}"\n'}, env=env)
+    daemon = start_daemon(file_config(), files=key_file(KEY), env=env)
     client = daemon.client()
     manager.wait_for("READY=1")
     for _ in range(200):  # the pings go on while the loop is busy signing
@@ -102,7 +87,7 @@ def test_ready_watchdog_and_stopping_in_order(start_daemon: StartDaemon, manager
 
 def test_without_notify_socket_nothing_is_sent(start_daemon: StartDaemon, manager: Manager) -> None:
     """No NOTIFY_SOCKET in the environment: the daemon serves and says nothing to anyone."""
-    daemon = start_daemon(CONFIG, files={"keys.toml": f'[sandbox]\napi_key = "{KEY}"\n'})
+    daemon = start_daemon(file_config(), files=key_file(KEY))
     daemon.client().sign("sandbox")
     daemon.stop()
     assert [] == manager.messages
