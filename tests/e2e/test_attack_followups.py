@@ -14,9 +14,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from test_shutdown_and_signals import HUNG_CONFIG
 
 from support.daemon import Daemon, refused
 from support.moto_server import MotoEndpoint, OutageFront
+from support.schedules import NO_SCHEDULE
 
 pytestmark = pytest.mark.aws
 
@@ -24,31 +26,8 @@ StartDaemon = Callable[..., Daemon]
 HELD_KEY = "followup-e2e-held-key-9d1f-not-real"
 CODE_KEY = "f3a9b2c4d5e6f708192a3b4c5d6e7f80"  # a hex key, never held, in the error code
 EXIT_BOUND_S = 30  # far above shutdown_timeout (2s), far below the backend's timeouts
-CONFIG = """
-[server]
-socket = "{socket}"
-shutdown_timeout = "2s"
-
-[refresh]
-interval = "24h"
-backoff_min = "24h"
-backoff_max = "24h"
-
-[log]
-format = "json"
-
-[sources.aws]
-type = "aws"
-region = "us-east-1"
-endpoint_url = "@ENDPOINT@"
-max_attempts = 1
-read_timeout = "120s"
-
-[environments.sandbox]
-source = "aws"
-secret = "@SECRET@"
-partner_id = "085"
-"""
+# The hung-backend daemon of test_shutdown_and_signals, checking only when told to.
+CONFIG = HUNG_CONFIG.replace("@REFRESH@", NO_SCHEDULE)
 
 
 @pytest.fixture
