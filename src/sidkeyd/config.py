@@ -195,9 +195,6 @@ class Config:
     )
     path: Path | None = None
 
-    def source_for(self, environment: EnvironmentConfig) -> SourceConfig:
-        return self.sources[environment.source]
-
     def warnings(self) -> list[str]:
         """Legal but risky choices, said by check-config and at startup."""
         warnings = []

@@ -7,14 +7,16 @@ code and reason; a key is never shown (reasons are scrubbed of every key read).
 
 from __future__ import annotations
 
-import threading
+import asyncio
 from dataclasses import dataclass
 
 from sidkeyd.checks import resolve_partner_id
 from sidkeyd.config import Config
 from sidkeyd.errors import SourceError
+from sidkeyd.log import get_logger
 from sidkeyd.redaction import backend_text
 from sidkeyd.sources import SecretValue, Source, build_source
+from sidkeyd.sources.lifecycle import close_sources
 
 CLOSE_TIMEOUT_S = 5.0
 
@@ -56,8 +58,5 @@ def probe(config: Config, read_keys: list[str]) -> list[Probe]:
                 reason = backend_text(f"unexpected {type(exc).__name__}", read_keys)
                 results.append(Probe(name, error_code="source_bug", reason=reason))
     finally:
-        for source in sources.values():
-            closing = threading.Thread(target=source.close, daemon=True)
-            closing.start()
-            closing.join(CLOSE_TIMEOUT_S)
+        asyncio.run(close_sources(sources, CLOSE_TIMEOUT_S, get_logger()))
     return results

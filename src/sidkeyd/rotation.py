@@ -195,10 +195,6 @@ class KeyManager:
         )
         return ReportOutcome(environment, outcome.key_version, True, outcome.changed, "checked")
 
-    async def recheck_unmatched(self, environment: str, **peer: Any) -> bool:
-        """A signature to verify matched no key held: perhaps a rotation not yet seen here."""
-        return await self.budgeted_check(environment, Trigger.VERIFY, **peer)
-
     async def budgeted_check(self, environment: str, trigger: Trigger, **fields: Any) -> bool:
         """A forced check a client caused (an unmatched verify, a key Smile ID refused).
 

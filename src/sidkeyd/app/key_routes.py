@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 
 from sidkeyd.app.access import Engine, EnvironmentGate
 from sidkeyd.errors import BadRequest, TimestampError
+from sidkeyd.freshness import Trigger
 from sidkeyd.http import Request, Response, json_response
 from sidkeyd.keystore import KeySnapshot
 from sidkeyd.log import get_logger, untrusted
@@ -103,7 +104,10 @@ class SigningRoutes:
     async def _verify_after_check(
         self, environment: str, timestamp: str, signature: str, request: Request
     ) -> Response:
-        rechecked = await self._engine.recheck_unmatched(environment, **request.peer.log_fields())
+        # No key held matched: perhaps a rotation not yet seen here (the report budget).
+        rechecked = await self._engine.budgeted_check(
+            environment, Trigger.VERIFY, **request.peer.log_fields()
+        )
         matched = self._match(environment, timestamp, signature) if rechecked else None
         return self._verified(environment, timestamp, matched, request, rechecked=rechecked)
 
