@@ -13,28 +13,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from support import signatures
+from support.configs import file_config, key_file
 from support.daemon import Daemon
 from support.moto_server import free_port
 
 StartDaemon = Callable[..., Daemon]
 RECEIVER = Path(__file__).parents[2] / "clients" / "examples" / "callback" / "receiver.py"
 KEY = "callback-example-key-51de-not-real"
-CONFIG = """
-[server]
-socket = "{socket}"
-
-[log]
-format = "json"
-
-[sources.local]
-type = "file"
-path = "keys.toml"
-
-[environments.production]
-source = "local"
-secret = "production"
-partner_id = "085"
-"""
 
 
 def post(url: str, body: dict[str, str]) -> int:
@@ -63,7 +48,7 @@ def test_the_receiver_accepts_a_signed_callback_and_refuses_a_forged_one(
     start_daemon: StartDaemon,
 ) -> None:
     """Signed with the key: 200. The same callback with another signature: 401."""
-    daemon = start_daemon(CONFIG, files={"keys.toml": f'[production]\napi_key = "{KEY}"\n'})
+    daemon = start_daemon(file_config(environment="production"), files=key_file(KEY, "production"))
     port = free_port()
     url = f"http://127.0.0.1:{port}/callback"
     receiver = subprocess.Popen(

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from support import signatures
+from support.configs import file_config, key_file
 from support.daemon import Daemon
 from support.schedules import NO_SCHEDULE
 
@@ -19,30 +20,14 @@ StartDaemon = Callable[..., Daemon]
 
 OLD_KEY = "callback-e2e-old-key-3a9d-not-real"
 NEW_KEY = "callback-e2e-new-key-7c2e-not-real"
-CONFIG = f"""
-[server]
-socket = "{{socket}}"
 
-[refresh]
-{NO_SCHEDULE}
-report_interval = "1h"
 
-[log]
-format = "json"
-
-[sources.local]
-type = "file"
-path = "keys.toml"
-
-[environments.sandbox]
-source = "local"
-secret = "sandbox"
-partner_id = "085"
-"""
+# No schedule and a long report budget: only what a test does reaches the backend.
+CONFIG = file_config(sections=f'[refresh]\n{NO_SCHEDULE}\nreport_interval = "1h"')
 
 
 def keys(key: str) -> str:
-    return f'[sandbox]\napi_key = "{key}"\n'
+    return key_file(key)["keys.toml"]
 
 
 def now() -> str:

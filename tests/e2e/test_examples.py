@@ -18,28 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from support.configs import file_config, key_file
 from support.daemon import Daemon
 from support.signatures import expected_signature
 
 ROOT = Path(__file__).parents[2]
 EXAMPLES = ROOT / "clients" / "examples"
 SANDBOX_KEY = "examples-sandbox-key-6b2a-not-real"
-KEYS = f'["smileid/sandbox"]\napi_key = "{SANDBOX_KEY}"\npartner_id = "085"\n'
-CONFIG = """
-[server]
-socket = "{socket}"
-
-[log]
-format = "json"
-
-[sources.local]
-type = "file"
-path = "keys.toml"
-
-[environments.sandbox]
-source = "local"
-secret = "smileid/sandbox"
-"""
 
 
 @dataclass(frozen=True)
@@ -77,7 +62,7 @@ def php_has_curl() -> str | None:
 
 @pytest.fixture
 def daemon(start_daemon) -> Iterator[Daemon]:
-    daemon = start_daemon(CONFIG, files={"keys.toml": KEYS})
+    daemon = start_daemon(file_config(), files=key_file(SANDBOX_KEY))
     yield daemon
     daemon.assert_no_secret_in_logs([SANDBOX_KEY])
 

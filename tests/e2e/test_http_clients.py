@@ -12,32 +12,17 @@ from collections.abc import Iterator
 
 import pytest
 
+from support.configs import file_config, key_file
 from support.daemon import Daemon, parse_responses, read_all
 
 SANDBOX_KEY = "clients-sandbox-key-91c4-not-real"
-KEYS = f'["smileid/sandbox"]\napi_key = "{SANDBOX_KEY}"\npartner_id = "085"\n'
-CONFIG = """
-[server]
-socket = "{socket}"
-
-[log]
-format = "json"
-
-[sources.local]
-type = "file"
-path = "keys.toml"
-
-[environments.sandbox]
-source = "local"
-secret = "smileid/sandbox"
-"""
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 SIGN_BODY = b'{"environment": "sandbox"}'
 
 
 @pytest.fixture
 def daemon(start_daemon) -> Iterator[Daemon]:
-    daemon = start_daemon(CONFIG, files={"keys.toml": KEYS})
+    daemon = start_daemon(file_config(), files=key_file(SANDBOX_KEY))
     yield daemon
     daemon.assert_no_secret_in_logs([SANDBOX_KEY])
 
