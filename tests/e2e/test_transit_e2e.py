@@ -8,6 +8,7 @@ local HMAC with that key.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -19,8 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from support.daemon import Daemon
-from support.openbao_server import OpenBao
+from sidkeyd.client import Client
+from sidkeyd.errors import RequestFailedError
+from support.daemon import Daemon, refused
+from support.openbao_server import CountingProxy, OpenBao
 from support.signatures import expected_signature
 
 pytestmark = pytest.mark.vault
@@ -105,6 +108,7 @@ def caller_timestamp() -> str:
 class TransitDaemon:
     daemon: Daemon
     operator: Path  # the operator's config: token auth from VAULT_TOKEN
+    mount: str
     imported: subprocess.CompletedProcess[str]
 
 
@@ -129,7 +133,7 @@ def start_transit_daemon(
     assert 0 == imported.returncode, imported.stderr
     daemon = start_daemon(config, files={"token": token})
     daemon.wait_for_event("presign.refilled", environment="sandbox")
-    return TransitDaemon(daemon, operator, imported)
+    return TransitDaemon(daemon, operator, mount, imported)
 
 
 def test_an_imported_key_signs_byte_for_byte_with_and_without_a_timestamp(
@@ -182,3 +186,70 @@ def test_import_version_rotates_and_the_next_signature_uses_it(
     assert expected_signature(ROTATED_KEY, presigned["timestamp"], "085") == presigned["signature"]
     assert expected_signature(ROTATED_KEY, stamp, "085") == live["signature"]
     daemon.assert_no_secret_in_logs([FIRST_KEY, ROTATED_KEY])
+
+
+def hmac_calls(proxy: CountingProxy, mount: str, since: int = 0) -> int:
+    """The Transit HMAC calls that reached the server after ``since``."""
+    path = f"/v1/{mount}/hmac/smileid-sandbox/sha2-256"
+    return sum(1 for method, seen in proxy.seen()[since:] if (method, seen) == ("POST", path))
+
+
+def test_a_burst_of_default_timestamp_signatures_makes_only_the_batch_calls(
+    openbao: OpenBao, start_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """10k signatures without a timestamp: the startup batches (600 s / 250) and no other call.
+
+    The counter is shown to count: one caller-timestamp signature afterwards is one more call.
+    """
+    with CountingProxy(openbao.url) as proxy:
+        started = start_transit_daemon(start_daemon, openbao, tmp_path, FIRST_KEY, url=proxy.url)
+        mount = started.mount
+        filled = hmac_calls(proxy, mount)
+        mark = proxy.mark()
+        client = started.daemon.client()
+        signed = [client.sign("sandbox") for _ in range(10_000)]
+        during_burst = hmac_calls(proxy, mount, mark)
+        client.sign("sandbox", caller_timestamp())
+        after_live = hmac_calls(proxy, mount, mark)
+
+    assert math.ceil(600 / 250) == filled
+    assert (0, 1) == (during_burst, after_live)
+    last = signed[-1]
+    assert expected_signature(FIRST_KEY, last["timestamp"], "085") == last["signature"]
+
+
+def test_with_the_server_stopped_presigned_signatures_carry_on_then_a_precise_503(
+    private_openbao: OpenBao, start_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """Server gone: caller timestamps 503 at once, the table serves until it runs out, then 503.
+
+    Health says how long the table lasts while it does.
+    """
+    started = start_transit_daemon(
+        start_daemon, private_openbao, tmp_path, FIRST_KEY, lead="12s", refill="6s"
+    )
+    daemon, client = started.daemon, started.daemon.client()
+    private_openbao.stop()
+    live = refused(lambda: client.sign("sandbox", caller_timestamp()))
+    carried_on = client.sign("sandbox")
+    _, health = client.health()
+    exhausted = wait_until_refused(client)
+
+    assert (503, "signer_unavailable") == live
+    assert expected_signature(FIRST_KEY, carried_on["timestamp"], "085") == carried_on["signature"]
+    assert 0 < health["environments"]["sandbox"]["presigned_s"] <= 12
+    assert (503, "presign_exhausted") == exhausted
+    assert daemon.events("presign.refill_failed", environment="sandbox")
+    daemon.assert_no_secret_in_logs([FIRST_KEY])
+
+
+def wait_until_refused(client: Client, timeout: float = 30.0) -> tuple[int, str]:
+    """Sign without a timestamp until the daemon refuses (bounded): the table has run out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            client.sign("sandbox")
+        except RequestFailedError as exc:
+            return exc.status, exc.code
+        time.sleep(0.1)
+    raise AssertionError(f"still signing after {timeout}s with the server stopped")
