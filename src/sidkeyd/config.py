@@ -18,7 +18,7 @@ from sidkeyd.defaults import DEFAULT_SOCKET_PATH
 from sidkeyd.policy import AccessPolicy
 
 PayloadFormat = Literal["auto", "json", "plain"]
-SignerKind = Literal["local", "transit"]
+SignerKind = Literal["local", "transit", "kms"]
 
 
 @dataclass(frozen=True)
@@ -164,6 +164,7 @@ class EnvironmentConfig:
     signer: SignerKind = "local"  # "local": the key is read and held; else the backend signs
     transit_mount: str = "transit"  # signer = "transit" only
     transit_key: str | None = None  # signer = "transit": the Transit key of type hmac
+    kms_key: str | None = None  # signer = "kms": an HMAC_256 key's alias (or id, ARN)
     presign: PresignConfig = field(default_factory=lambda: PresignConfig())
 
     @property
@@ -178,7 +179,9 @@ class PresignConfig:
 
     lead: timedelta = timedelta(minutes=10)  # the table reaches this far ahead after a refill
     refill_below: timedelta = timedelta(minutes=5)  # refill when less than this is left
-    batch: int = 250  # timestamps per backend call (Transit batch_input)
+    batch: int = (
+        250  # timestamps per backend call (Transit batch_input; KMS: calls per refill step)
+    )
 
 
 SMILEID_BASE_URLS = {

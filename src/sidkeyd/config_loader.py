@@ -346,7 +346,7 @@ def _environment(
     if source_name and source_name not in sources:
         table.problem("source", f"no source named {source_name!r} in [sources]")
     partner_id = table.optional_str("partner_id", allow_int=True)
-    signer = table.choice("signer", ("local", "transit"), "local")
+    signer = table.choice("signer", ("local", "transit", "kms"), "local")
     environment = EnvironmentConfig(
         name=name,
         source=source_name,
@@ -364,6 +364,7 @@ def _environment(
         signer=signer,
         transit_mount=table.string("transit_mount", "transit").strip("/"),
         transit_key=table.optional_str("transit_key"),
+        kms_key=table.optional_str("kms_key"),
         presign=_presign(table),
     )
     _check_signer(table, environment, source)
@@ -418,15 +419,26 @@ def _presign(table: TomlTable) -> PresignConfig:
     return config
 
 
+# Each remote signer: the source type it runs on, its own keys, and the one it requires.
+_SIGNERS = {
+    "transit": ("a vault", ("transit_mount", "transit_key"), "transit_key"),
+    "kms": ("an aws", ("kms_key",), "kms_key"),
+}
+
+
 def _check_signer(
     table: TomlTable, environment: EnvironmentConfig, source: SourceConfig | None
 ) -> None:
     """Each signer's keys on its own kind of source, and nothing of the other signers."""
     signer = environment.signer
+    for other, (_, keys, _) in _SIGNERS.items():
+        for key in keys:
+            if other != signer and key in table.raw:
+                table.problem(key, f"needs signer = {other!r}")
     if signer == "local":
-        for key in ("transit_mount", "transit_key", *_PRESIGN_KEYS):
+        for key in _PRESIGN_KEYS:
             if key in table.raw:
-                table.problem(key, 'needs a remote signer (signer = "transit")')
+                table.problem(key, "needs a remote signer (signer = 'transit' or 'kms')")
         return
     table.optional_str("secret")  # seen: named once below, not also as an unknown key
     for key in _LOCAL_ONLY:
@@ -434,10 +446,13 @@ def _check_signer(
             table.problem(key, f"a {signer} signer reads no secret: the key stays in {signer}")
     if environment.partner_id is None:
         table.problem("partner_id", f"required with signer = {signer!r} (no secret carries it)")
-    if source is not None and source.type != "vault":
-        table.problem("signer", f"a transit signer needs a vault source, not {source.type!r}")
-    if not environment.transit_key:
-        table.problem("transit_key", "required with signer = 'transit'")
+    source_type, _, required = _SIGNERS[signer]
+    if source is not None and source_type.split()[1] != source.type:
+        table.problem(
+            "signer", f"a {signer} signer needs {source_type} source, not {source.type!r}"
+        )
+    if not getattr(environment, required):
+        table.problem(required, f"required with signer = {signer!r}")
 
 
 def missing_files(config: Config) -> list[ConfigProblem]:

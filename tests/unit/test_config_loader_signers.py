@@ -20,6 +20,10 @@ path = "keys.toml"
 [sources.bao]
 type = "vault"
 url = "http://127.0.0.1:8200"
+
+[sources.aws]
+type = "aws"
+region = "eu-west-1"
 """
 
 TRANSIT = (
@@ -39,6 +43,18 @@ LOCAL = (
 [environments.sandbox]
 source = "local"
 secret = "smileid/sandbox"
+partner_id = "085"
+"""
+)
+
+
+KMS = (
+    SOURCES
+    + """
+[environments.sandbox]
+source = "aws"
+signer = "kms"
+kms_key = "alias/smileid-sandbox"
 partner_id = "085"
 """
 )
@@ -136,10 +152,42 @@ def test_a_transit_signer_refuses_what_only_a_read_key_uses() -> None:
 def test_transit_keys_on_a_local_signer_are_refused() -> None:
     """``transit_key`` or a presign setting without a remote signer is a slip, not ignored."""
     found = problems(LOCAL + 'transit_key = "k"\npresign_batch = 10\n')
-    assert {"environments.sandbox.transit_key", "environments.sandbox.presign_batch"} == set(found)
+    assert "needs signer = 'transit'" == found["environments.sandbox.transit_key"]
+    assert "needs a remote signer" in found["environments.sandbox.presign_batch"]
 
 
 def test_an_unknown_signer_is_named() -> None:
     """Only the signers sidkeyd has are accepted."""
     found = problems(LOCAL + 'signer = "hsm"\n')
-    assert "must be one of local, transit, not 'hsm'" == found["environments.sandbox.signer"]
+    assert "must be one of local, transit, kms, not 'hsm'" == found["environments.sandbox.signer"]
+
+
+def test_a_kms_signer_takes_its_key_and_the_presign_defaults() -> None:
+    """``kms_key`` as given (an alias here); no secret; the same presign defaults."""
+    env = environment(KMS)
+    assert ("kms", "alias/smileid-sandbox", "", 250) == (
+        env.signer,
+        env.kms_key,
+        env.secret,
+        env.presign.batch,
+    )
+
+
+def test_a_kms_signer_on_a_vault_environment_is_refused() -> None:
+    """KMS is AWS's: ``signer = "kms"`` on a vault source is named at the signer key."""
+    found = problems(KMS.replace('source = "aws"', 'source = "bao"'))
+    assert "a kms signer needs an aws source, not 'vault'" == found["environments.sandbox.signer"]
+
+
+def test_a_kms_signer_needs_its_key() -> None:
+    """No ``kms_key``: named."""
+    found = problems(KMS.replace('kms_key = "alias/smileid-sandbox"\n', ""))
+    assert "required with signer = 'kms'" == found["environments.sandbox.kms_key"]
+
+
+def test_one_signers_keys_on_another_signer_are_refused() -> None:
+    """``transit_key`` with KMS and ``kms_key`` with Transit: each names the signer it needs."""
+    on_kms = problems(KMS + 'transit_key = "k"\n')
+    on_transit = problems(TRANSIT + 'kms_key = "alias/k"\n')
+    assert "needs signer = 'transit'" == on_kms["environments.sandbox.transit_key"]
+    assert "needs signer = 'kms'" == on_transit["environments.sandbox.kms_key"]
