@@ -253,3 +253,20 @@ def wait_until_refused(client: Client, timeout: float = 30.0) -> tuple[int, str]
             return exc.status, exc.code
         time.sleep(0.1)
     raise AssertionError(f"still signing after {timeout}s with the server stopped")
+
+
+def test_import_key_refusals_never_show_the_key(openbao: OpenBao, tmp_path: Path) -> None:
+    """A key Transit refuses (too short) exits 1 with Transit's reason; the key is not shown."""
+    short_key = "short-key-not-real"
+    mount, name, _ = transit_setup(openbao)
+    operator = tmp_path / "operator.toml"
+    operator.write_text(
+        config_for(openbao.url, mount, name)
+        .replace('token_file = "token"\n', "")
+        .replace("{socket}", str(tmp_path / "none"))
+    )
+    refused_import = import_key(operator, short_key, openbao)
+
+    assert 1 == refused_import.returncode
+    assert "key size" in refused_import.stderr
+    assert short_key not in refused_import.stdout + refused_import.stderr
