@@ -179,9 +179,9 @@ class PresignConfig:
 
     lead: timedelta = timedelta(minutes=10)  # the table reaches this far ahead after a refill
     refill_below: timedelta = timedelta(minutes=5)  # refill when less than this is left
-    batch: int = (
-        250  # timestamps per backend call (Transit batch_input; KMS: calls per refill step)
-    )
+    # Timestamps per Transit call (batch_input); KMS has no batch call. 300: a refill from
+    # 5 to 10 minutes ahead is one call.
+    batch: int = 300
 
 
 SMILEID_BASE_URLS = {

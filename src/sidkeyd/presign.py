@@ -234,7 +234,7 @@ class RemoteSigning:
             self.table.extend(first, list(zip(stamps, signatures, strict=True)))
             first, calls = self.table.end, calls + 1
         if calls:
-            self._log.debug(
+            self._log.info(
                 "presign.refilled",
                 environment=self.environment,
                 key_version=self.signer.version,

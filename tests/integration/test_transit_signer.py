@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from sidkeyd.config import EnvironmentConfig, VaultAuthConfig, VaultSourceConfig
+from sidkeyd.config_loader import MAX_PRESIGN_BATCH
 from sidkeyd.errors import AccessLostError, InvalidSecretError
 from sidkeyd.keystore import ApiKey
 from sidkeyd.signing import compute_signature, signed_message
@@ -134,3 +135,17 @@ def test_a_malformed_signature_is_invalid_without_a_call(
             source.close()
 
     assert ([False, False], []) == (answers, calls)
+
+
+def test_the_largest_batch_the_config_allows_is_one_call(
+    openbao: OpenBao, root_source: VaultSource, mount: str, tmp_path: Path
+) -> None:
+    """``presign_batch`` at its maximum: Transit takes it (no "high complexity" refusal)."""
+    env = environment(mount)
+    imported(openbao, tmp_path, env, FIRST_KEY)
+    signer = remote(root_source.fetch(env, None)).signer
+    stamps = [f"2026-12-01T08:{m:02d}:{s:02d}.000Z" for m in range(10) for s in range(60)]
+    stamps = stamps[:MAX_PRESIGN_BATCH]
+    signatures = signer.sign([signed_message(stamp, "085") for stamp in stamps])
+
+    assert [compute_signature(FIRST_KEY, stamp, "085") for stamp in stamps] == signatures

@@ -77,7 +77,7 @@ def test_the_signer_defaults_to_the_local_key() -> None:
 
 
 def test_a_transit_signer_gets_the_documented_defaults() -> None:
-    """Mount "transit"; presigned 10 minutes ahead, refilled below 5, 250 per batch; no secret."""
+    """Mount "transit"; presigned 10 minutes ahead, refilled below 5, 300 per batch; no secret."""
     env = environment(TRANSIT)
     assert ("transit", True, "transit", "smileid-sandbox", "") == (
         env.signer,
@@ -86,7 +86,7 @@ def test_a_transit_signer_gets_the_documented_defaults() -> None:
         env.transit_key,
         env.secret,
     )
-    assert (timedelta(minutes=10), timedelta(minutes=5), 250) == (
+    assert (timedelta(minutes=10), timedelta(minutes=5), 300) == (
         env.presign.lead,
         env.presign.refill_below,
         env.presign.batch,
@@ -165,7 +165,7 @@ def test_an_unknown_signer_is_named() -> None:
 def test_a_kms_signer_takes_its_key_and_the_presign_defaults() -> None:
     """``kms_key`` as given (an alias here); no secret; the same presign defaults."""
     env = environment(KMS)
-    assert ("kms", "alias/smileid-sandbox", "", 250) == (
+    assert ("kms", "alias/smileid-sandbox", "", 300) == (
         env.signer,
         env.kms_key,
         env.secret,
