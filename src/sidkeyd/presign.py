@@ -17,7 +17,7 @@ import asyncio
 import hmac
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from typing import TypeVar
 
@@ -92,6 +92,7 @@ class RemoteSigning:
         *,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.environment = environment
         self.signer = signer
@@ -100,6 +101,7 @@ class RemoteSigning:
         self._pool = pool
         self._clock = clock
         self._rng = rng or random.Random()
+        self._sleep = sleep  # between refills (tests wake it themselves)
         self.table = PresignedTable()
         self.failing: SourceError | None = None  # the last refill failed: the backend is down
         self._task: asyncio.Task[None] | None = None
@@ -204,18 +206,20 @@ class RemoteSigning:
                     presigned_s=int(self.presigned_for_s()),
                     failures=failures,
                 )
-                await asyncio.sleep(REFILL_BACKOFF.delay(failures, self._rng))
+                await self._sleep(REFILL_BACKOFF.delay(failures, self._rng))
                 continue
             if failures:
                 self._log.info("presign.recovered", environment=self.environment, failures=failures)
             failures, self.failing = 0, None
             left = self.table.end - self._clock()
-            await asyncio.sleep(max(1.0, left - self._config.refill_below.total_seconds()))
+            await self._sleep(max(1.0, left - self._config.refill_below.total_seconds()))
 
     async def _fill(self) -> None:
         """Sign every whole second from the table's end (or now) to ``lead`` ahead."""
         loop = asyncio.get_running_loop()
         now = self._clock()
+        if self.table.start > now:  # the clock stepped back: those seconds are far ahead
+            self.table.clear()
         self.table.prune(int(now))
         first = max(self.table.end, int(now))
         until = int(now + self._config.lead.total_seconds())

@@ -70,8 +70,9 @@ def remote(signer: FakeSigner, clock: list[float], **config: Any) -> RemoteSigni
         refill_below=config.get("refill_below", timedelta(minutes=5)),
         batch=config.get("batch", 250),
     )
+    sleep = config.get("sleep", asyncio.sleep)  # the refill loop's: a test may wake it
     return RemoteSigning(
-        "sandbox", "085", signer, settings, InlineExecutor(), clock=lambda: clock[0]
+        "sandbox", "085", signer, settings, InlineExecutor(), clock=lambda: clock[0], sleep=sleep
     )
 
 
@@ -208,3 +209,50 @@ async def test_a_presigned_signature_is_verified_from_the_table_without_a_call()
 
     assert (True, 0) == (from_table, calls_after_table)
     assert (False, 1) == (live, signer.verify_calls)
+
+
+class Waker:
+    """The refill loop's sleep: it waits until the test wakes it, and records each delay."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+        self._wake = asyncio.Event()
+
+    async def sleep(self, delay: float) -> None:
+        self.delays.append(delay)
+        await self._wake.wait()
+        self._wake.clear()
+
+    async def wake(self) -> None:
+        self._wake.set()
+        await settle()
+
+
+@asynchronous
+async def test_the_next_refill_is_due_when_refill_below_is_left_and_tops_up_the_lead() -> None:
+    """600 s filled, the loop sleeps 300 s; then it signs only the seconds now missing."""
+    signer, clock, waker = FakeSigner(), [NOW], Waker()
+    signing = remote(signer, clock, sleep=waker.sleep)
+    signing.start()
+    await settle()
+    clock[0] = NOW + 300
+    await waker.wake()
+    signing.retire()
+
+    assert [299.75] == waker.delays[:1]
+    assert [250, 250, 100, 250, 50] == signer.sign_calls
+
+
+@asynchronous
+async def test_a_clock_stepped_back_starts_the_table_afresh_at_now() -> None:
+    """After a step back, the next refill signs from the new now, not after the old table."""
+    signer, clock, waker = FakeSigner(), [NOW], Waker()
+    signing = remote(signer, clock, sleep=waker.sleep)
+    signing.start()
+    await settle()
+    clock[0] = NOW - 3600
+    await waker.wake()
+    presigned = signing.presigned()
+    signing.retire()
+
+    assert whole_second(int(NOW - 3600)) == (presigned or ("", ""))[0]
