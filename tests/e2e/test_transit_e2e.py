@@ -270,3 +270,34 @@ def test_import_key_refusals_never_show_the_key(openbao: OpenBao, tmp_path: Path
     assert 1 == refused_import.returncode
     assert "key size" in refused_import.stderr
     assert short_key not in refused_import.stdout + refused_import.stderr
+
+
+def test_check_config_online_names_the_transit_key_version(
+    openbao: OpenBao, tmp_path: Path
+) -> None:
+    """``check-config --online`` reads the Transit key's version, as the daemon's check does."""
+    mount, name, token = transit_setup(openbao)
+    operator = tmp_path / "operator.toml"
+    operator.write_text(
+        config_for(openbao.url, mount, name)
+        .replace('token_file = "token"\n', "")
+        .replace("{socket}", str(tmp_path / "none"))
+    )
+    assert 0 == import_key(operator, FIRST_KEY, openbao).returncode
+    (tmp_path / "token").write_text(token)
+    daemon_config = tmp_path / "daemon.toml"
+    daemon_config.write_text(
+        config_for(openbao.url, mount, name).replace("{socket}", str(tmp_path / "none"))
+    )
+    checked = subprocess.run(
+        [sys.executable, "-m", "sidkeyd", "check-config", "--online", "-c", str(daemon_config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+    assert (0, "  sandbox: ok, key version 1") == (
+        checked.returncode,
+        checked.stdout.splitlines()[-1],
+    )
