@@ -2,7 +2,8 @@
 
 ``signer = "local"`` (the default) is ``signing.Signer``: a pre-keyed HMAC of the key read from
 the source, computed on the event loop; that path is unchanged. A remote signer (Vault or
-OpenBao Transit) never lets the key out of its backend: each call is a network round trip, so
+OpenBao Transit: ``sources/vault/transit.py``; AWS KMS: ``sources/aws/kms.py``) never lets the
+key out of its backend: each call is a network round trip, so
 its methods block and run in the daemon's signing thread pool (``presign.RemoteSigning``), and
 requests without a caller's timestamp are answered from a table presigned ahead of need.
 """
