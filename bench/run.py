@@ -71,6 +71,7 @@ class Target:
     env: dict[str, str] | None = None  # e.g. PYTHONPATH for a tree to compare with
     body_bytes: int = 0
     runs: list[dict[str, Any]] = field(default_factory=list)
+    request_body: str = REQUEST_BODY  # what POST /v1/sign sends (bench/signers.py varies it)
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,7 @@ def probe(target: Target) -> None:
     """One real request: the server must answer 200 before it is measured."""
     request = (
         f"POST /v1/sign HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(REQUEST_BODY)}\r\n\r\n{REQUEST_BODY}"
+        f"Content-Length: {len(target.request_body)}\r\n\r\n{target.request_body}"
     ).encode()
     deadline = time.monotonic() + READY_TIMEOUT_S
     while True:
@@ -267,7 +268,7 @@ def busy_seconds() -> float:
 
 def loadgen(binary: Path, target: Target, seconds: float, connections: int) -> dict[str, Any]:
     argv = [str(binary), "-s", str(target.socket), "-c", str(connections), "-d", str(seconds)]
-    argv += ["-p", "/v1/sign", "-b", REQUEST_BODY]
+    argv += ["-p", "/v1/sign", "-b", target.request_body]
     # loadgen bounds itself (duration + 5 s grace); the timeout is a last resort.
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=False)
     if not done.stdout.strip():

@@ -22,8 +22,9 @@ from sidkeyd.errors import InvalidSecretError, SourceError, TransientSourceError
 from sidkeyd.freshness import Freshness, Installed, Transition, Trigger
 from sidkeyd.keystore import KeySnapshot, KeyStore
 from sidkeyd.log import get_logger
+from sidkeyd.presign import RemoteSigning
 from sidkeyd.scheduling import CheckSchedule
-from sidkeyd.sources import FetchResult, SecretValue, Source
+from sidkeyd.sources import FetchResult, RemoteKey, SecretValue, Source
 from sidkeyd.threads import DaemonThreadPool
 
 
@@ -97,6 +98,9 @@ class CheckRunner:
         self._executor = DaemonThreadPool(
             max_workers=min(8, max(2, len(environments))), thread_name_prefix="sidkeyd-fetch"
         )
+        # Remote signers' calls (presign refills, caller timestamps, verifies): never queued
+        # behind a check, nor a check behind them.
+        self._sign_pool = DaemonThreadPool(max_workers=8, thread_name_prefix="sidkeyd-sign")
         self._flights: dict[str, _Flight] = {}
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}  # (env, stale|revoke)
         self._log = get_logger()
@@ -120,7 +124,10 @@ class CheckRunner:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        for name in self._environments:
+            self._retire(self._store.get(name))
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._sign_pool.shutdown(wait=False, cancel_futures=True)
 
     async def check(
         self, environment: str, trigger: Trigger, *, force: bool = False, **fields: Any
@@ -160,6 +167,8 @@ class CheckRunner:
             if isinstance(result, SecretValue):
                 just_read = result.api_key.reveal()
                 installed = self._install(env, result)
+            elif isinstance(result, RemoteKey):
+                installed = self._install_remote(env, result)
             if installed is None:
                 self._log.debug(
                     "key.check", environment=name, trigger=trigger, key_version=result.version
@@ -213,6 +222,30 @@ class CheckRunner:
         self._store.put(snapshot, self._now())
         return Installed(snapshot, held)
 
+    def _install_remote(self, env: EnvironmentConfig, key: RemoteKey) -> Installed | None:
+        """A new remote key version: a snapshot with an empty table; the old table dropped."""
+        held = self._store.get(env.name)
+        if held is not None and held.remote is not None and held.version == key.version:
+            return None
+        assert env.partner_id is not None  # the loader requires it with a remote signer
+        remote = RemoteSigning(env.name, env.partner_id, key.signer, env.presign, self._sign_pool)
+        snapshot = KeySnapshot.for_remote(
+            environment=env.name,
+            partner_id=env.partner_id,
+            remote=remote,
+            loaded_at=self._now(),
+            served_by=key.served_by,
+        )
+        self._store.put(snapshot, self._now())
+        self._retire(held)
+        remote.start()
+        return Installed(snapshot, held)
+
+    @staticmethod
+    def _retire(snapshot: KeySnapshot | None) -> None:
+        if snapshot is not None and snapshot.remote is not None:
+            snapshot.remote.retire()
+
     # -- the freshness timers ------------------------------------------------------------
 
     def _apply(self, name: str, transition: Transition) -> None:
@@ -244,4 +277,6 @@ class CheckRunner:
         self._apply(name, self._fresh[name].went_stale())
 
     def _revoke(self, name: str) -> None:
-        self._apply(name, self._fresh[name].revoked(self._store.drop(name)))
+        dropped = self._store.drop(name)
+        self._retire(dropped)
+        self._apply(name, self._fresh[name].revoked(dropped))

@@ -101,6 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--env", required=True, help="environment name, e.g. sandbox")
     with_socket(token)
 
+    imports = commands.add_parser(
+        "import-key",
+        help="import a key into an environment's remote signer (never printed)",
+        description="Read the key from stdin (or --key-file) and import it into the Transit key "
+        "of --env: a new key, or its next version (a rotation). Prints the version, never the key.",
+    )
+    with_config(imports)
+    imports.add_argument("--transit", action="store_true", required=True, help="into Transit")
+    imports.add_argument("--env", required=True, help="an environment with signer = 'transit'")
+    imports.add_argument("--key-file", type=Path, help="read the key from this file, not stdin")
+
     refresh = commands.add_parser("refresh", help="check the backend now (admin)")
     refresh.add_argument("--env", help="only this environment")
     with_socket(refresh)
@@ -114,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(_config_path(args))
         if args.command == "check-config":
             return _check_config(_config_path(args), online=args.online)
+        if args.command == "import-key":
+            return _import_key(_config_path(args), args.env, args.key_file)
         return _client_command(args)
     except KeyboardInterrupt:
         return 130
@@ -171,6 +184,39 @@ def _check_online(config: Config) -> int:
         else:
             print(f"  {result.environment}: {result.error_code}: {result.reason}")
     return EXIT_OK if all(r.ok for r in results) else EXIT_NEGATIVE
+
+
+def _import_key(path: Path, environment: str, key_file: Path | None) -> int:
+    from sidkeyd.errors import SourceError
+    from sidkeyd.import_key import read_key, transit_target
+
+    config = _load(path)
+    if config is None:
+        return EXIT_CONFIG
+    try:
+        source = transit_target(config, environment)
+        key = read_key(key_file, sys.stdin)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"sidkeyd: {problem.key}: {problem.reason}", file=sys.stderr)
+        return EXIT_CONFIG
+    from sidkeyd.sources.vault.byok import import_transit_key
+
+    try:
+        imported = import_transit_key(source, config.environments[environment], key)
+    except SourceError as exc:
+        exc.scrub([key.reveal()])
+        print(f"sidkeyd: {exc.code}: {exc.reason}", file=sys.stderr)
+        return EXIT_NEGATIVE
+    _print_json(
+        {
+            "environment": environment,
+            "transit_key": imported.transit_key,
+            "key_version": str(imported.version),
+            "created": imported.created,
+        }
+    )
+    return EXIT_OK
 
 
 def _serve(path: Path) -> int:

@@ -18,6 +18,7 @@ from sidkeyd.defaults import DEFAULT_SOCKET_PATH
 from sidkeyd.policy import AccessPolicy
 
 PayloadFormat = Literal["auto", "json", "plain"]
+SignerKind = Literal["local", "transit", "kms"]
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,27 @@ class EnvironmentConfig:
     refresh: RefreshConfig = field(default_factory=RefreshConfig)
     allow: AccessPolicy | None = None  # None: any peer that can open the socket
     smileid: SmileIdV3Config | None = None  # None: no V3 token for this environment
+    signer: SignerKind = "local"  # "local": the key is read and held; else the backend signs
+    transit_mount: str = "transit"  # signer = "transit" only
+    transit_key: str | None = None  # signer = "transit": the Transit key of type hmac
+    kms_key: str | None = None  # signer = "kms": an HMAC_256 key's alias (or id, ARN)
+    presign: PresignConfig = field(default_factory=lambda: PresignConfig())
+
+    @property
+    def remote(self) -> bool:
+        """The backend computes the HMAC: no key is read, ``secret`` is unused."""
+        return self.signer != "local"
+
+
+@dataclass(frozen=True)
+class PresignConfig:
+    """Signatures of the coming whole seconds, prepared by a remote signer ahead of need."""
+
+    lead: timedelta = timedelta(minutes=10)  # the table reaches this far ahead after a refill
+    refill_below: timedelta = timedelta(minutes=5)  # refill when less than this is left
+    # Timestamps per Transit call (batch_input); KMS has no batch call. 300: a refill from
+    # 5 to 10 minutes ahead is one call.
+    batch: int = 300
 
 
 SMILEID_BASE_URLS = {

@@ -28,6 +28,7 @@ from sidkeyd.config import (
     FileSourceConfig,
     LogConfig,
     MetricsConfig,
+    PresignConfig,
     RefreshConfig,
     ServerConfig,
     SmileIdV3Config,
@@ -345,10 +346,12 @@ def _environment(
     if source_name and source_name not in sources:
         table.problem("source", f"no source named {source_name!r} in [sources]")
     partner_id = table.optional_str("partner_id", allow_int=True)
+    signer = table.choice("signer", ("local", "transit", "kms"), "local")
     environment = EnvironmentConfig(
         name=name,
         source=source_name,
-        secret=table.required_str("secret"),
+        # A remote signer reads no secret; one given anyway is named by _check_signer.
+        secret=table.required_str("secret") if signer == "local" else "",
         partner_id=partner_id,
         payload=table.choice("payload", ("auto", "json", "plain"), "auto"),
         api_key_field=table.string("api_key_field", "api_key"),
@@ -358,7 +361,13 @@ def _environment(
         refresh=_refresh(table, refresh, finish=False),
         allow=_policy(table.table("allow"), None) if "allow" in table.raw else None,
         smileid=_smileid_v3(table),
+        signer=signer,
+        transit_mount=table.string("transit_mount", "transit").strip("/"),
+        transit_key=table.optional_str("transit_key"),
+        kms_key=table.optional_str("kms_key"),
+        presign=_presign(table),
     )
+    _check_signer(table, environment, source)
     if environment.version_stage is not None and source is not None and source.type != "aws":
         table.problem("version_stage", "only an aws source has version stages")
     if "payload" in table.raw and source is not None and source.type != "aws":
@@ -384,6 +393,66 @@ def _environment(
         table.problem("partner_id", "required when payload = 'plain' (the secret is the key alone)")
     table.finish()
     return environment
+
+
+# What only a key read from a secret uses: meaningless when the backend signs.
+_LOCAL_ONLY = (
+    "secret", "payload", "api_key_field", "partner_id_field", "version", "version_stage",
+    "smileid", "smileid_url",
+)  # fmt: skip
+_PRESIGN_KEYS = ("presign_lead", "presign_refill_below", "presign_batch")
+# Transit refuses a batch_input past about 500 entries ("high complexity").
+MAX_PRESIGN_BATCH = 450
+
+
+def _presign(table: TomlTable) -> PresignConfig:
+    d = PresignConfig()
+    config = PresignConfig(
+        lead=table.duration("presign_lead", d.lead, minimum=timedelta(seconds=10)),
+        refill_below=table.duration(
+            "presign_refill_below", d.refill_below, minimum=timedelta(seconds=5)
+        ),
+        batch=table.integer("presign_batch", d.batch, 1, MAX_PRESIGN_BATCH),
+    )
+    if config.refill_below >= config.lead:
+        table.problem("presign_refill_below", "must be shorter than presign_lead")
+    return config
+
+
+# Each remote signer: the source type it runs on, its own keys, and the one it requires.
+_SIGNERS = {
+    "transit": ("a vault", ("transit_mount", "transit_key"), "transit_key"),
+    "kms": ("an aws", ("kms_key",), "kms_key"),
+}
+
+
+def _check_signer(
+    table: TomlTable, environment: EnvironmentConfig, source: SourceConfig | None
+) -> None:
+    """Each signer's keys on its own kind of source, and nothing of the other signers."""
+    signer = environment.signer
+    for other, (_, keys, _) in _SIGNERS.items():
+        for key in keys:
+            if other != signer and key in table.raw:
+                table.problem(key, f"needs signer = {other!r}")
+    if signer == "local":
+        for key in _PRESIGN_KEYS:
+            if key in table.raw:
+                table.problem(key, "needs a remote signer (signer = 'transit' or 'kms')")
+        return
+    table.optional_str("secret")  # seen: named once below, not also as an unknown key
+    for key in _LOCAL_ONLY:
+        if key in table.raw:
+            table.problem(key, f"a {signer} signer reads no secret: the key stays in {signer}")
+    if environment.partner_id is None:
+        table.problem("partner_id", f"required with signer = {signer!r} (no secret carries it)")
+    source_type, _, required = _SIGNERS[signer]
+    if source is not None and source_type.split()[1] != source.type:
+        table.problem(
+            "signer", f"a {signer} signer needs {source_type} source, not {source.type!r}"
+        )
+    if not getattr(environment, required):
+        table.problem(required, f"required with signer = {signer!r}")
 
 
 def missing_files(config: Config) -> list[ConfigProblem]:

@@ -10,9 +10,13 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sidkeyd.held import HeldSecret
 from sidkeyd.signing import Signer
+
+if TYPE_CHECKING:
+    from sidkeyd.presign import RemoteSigning
 
 _FINGERPRINT_PREFIX = b"sidkeyd-fingerprint-v1\x00"
 
@@ -72,10 +76,12 @@ class KeySnapshot:
     loaded_at: datetime
     served_by: str | None
     loaded_epoch: float
-    signer: Signer = field(repr=False)
-    api_key: ApiKey = field(repr=False)
+    # The local key (signer = "local"), or None when a remote signer holds it (``remote``).
+    signer: Signer | None = field(repr=False)
+    api_key: ApiKey | None = field(repr=False)
     # `"partner_id": ..., "environment": ..., "key_version": ...` pre-encoded for responses.
     json_fields: bytes = field(repr=False, default=b"")
+    remote: RemoteSigning | None = None
 
     @classmethod
     def create(
@@ -88,10 +94,6 @@ class KeySnapshot:
         loaded_at: datetime,
         served_by: str | None = None,
     ) -> KeySnapshot:
-        fields = (
-            f'"partner_id": {json.dumps(partner_id)}, "environment": {json.dumps(environment)}, '
-            f'"key_version": {json.dumps(version)}'
-        )
         return cls(
             environment=environment,
             partner_id=partner_id,
@@ -102,8 +104,42 @@ class KeySnapshot:
             loaded_epoch=loaded_at.timestamp(),
             signer=Signer(api_key.reveal()),
             api_key=api_key,
-            json_fields=fields.encode("utf-8"),
+            json_fields=_json_fields(partner_id, environment, version),
         )
+
+    @classmethod
+    def for_remote(
+        cls,
+        *,
+        environment: str,
+        partner_id: str,
+        remote: RemoteSigning,
+        loaded_at: datetime,
+        served_by: str | None = None,
+    ) -> KeySnapshot:
+        """A key version that a backend holds and signs with: no key material here."""
+        version = remote.signer.version
+        return cls(
+            environment=environment,
+            partner_id=partner_id,
+            version=version,
+            fingerprint=fingerprint(f"{remote.signer.backend}:{environment}:{version}"),
+            loaded_at=loaded_at,
+            served_by=served_by,
+            loaded_epoch=loaded_at.timestamp(),
+            signer=None,
+            api_key=None,
+            json_fields=_json_fields(partner_id, environment, version),
+            remote=remote,
+        )
+
+
+def _json_fields(partner_id: str, environment: str, version: str) -> bytes:
+    fields = (
+        f'"partner_id": {json.dumps(partner_id)}, "environment": {json.dumps(environment)}, '
+        f'"key_version": {json.dumps(version)}'
+    )
+    return fields.encode("utf-8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,8 +216,8 @@ class KeyStore:
         Built when what is held changes, not per log line (the redactor asks for every one).
         """
         if self._secrets is None:
-            held = [s.api_key.reveal() for s in self._current.values()]
-            held += [r.snapshot.api_key.reveal() for r in self._previous.values()]
+            keys = [*self._current.values(), *(r.snapshot for r in self._previous.values())]
+            held = [k.api_key.reveal() for k in keys if k.api_key is not None]
             held += [t.token.reveal() for t in self._tokens.values()]
             self._secrets = tuple(s for s in held if s)
         return self._secrets

@@ -196,6 +196,8 @@ class _StateCollector(Collector):
     def _fingerprint(self, environment: str, key: KeySnapshot) -> str:
         cache_key = (environment, key.version)
         fingerprint = self._fingerprints.get(cache_key)
+        if key.api_key is None:  # a remote signer's: its fingerprint names no key material
+            return key.fingerprint
         if fingerprint is None:
             slow = content_version("sidkeyd-metrics-fingerprint", key.api_key.reveal(), None)
             fingerprint = slow.removeprefix("scrypt:")[:12]

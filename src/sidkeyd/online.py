@@ -15,7 +15,7 @@ from sidkeyd.config import Config
 from sidkeyd.errors import SourceError
 from sidkeyd.log import get_logger
 from sidkeyd.redaction import backend_text
-from sidkeyd.sources import SecretValue, Source, build_source
+from sidkeyd.sources import RemoteKey, SecretValue, Source, build_source
 from sidkeyd.sources.lifecycle import close_sources
 
 CLOSE_TIMEOUT_S = 5.0
@@ -47,6 +47,9 @@ def probe(config: Config, read_keys: list[str]) -> list[Probe]:
                         config.sources[environment.source]
                     )
                 value = source.fetch(environment, None)
+                if isinstance(value, RemoteKey):  # the backend signs: there is no key to read
+                    results.append(Probe(name, key_version=value.version))
+                    continue
                 assert isinstance(value, SecretValue)  # a full read never answers Unchanged
                 read_keys.append(value.api_key.reveal())
                 resolve_partner_id(environment, value)

@@ -228,6 +228,11 @@ class KeyManager:
     def health(self, environment: str) -> tuple[Health, str | None]:
         return self._fresh[environment].health(self._store.get(environment) is not None)
 
+    def presigned_for_s(self, environment: str) -> float | None:
+        """How long a remote signer's presigned table lasts without its backend; None: local."""
+        key = self._store.get(environment)
+        return key.remote.presigned_for_s() if key is not None and key.remote else None
+
     def next_check_at(self, environment: str) -> datetime | None:
         return self._schedule.next_check_at(environment)
 

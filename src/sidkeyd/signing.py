@@ -35,6 +35,16 @@ def compute_signature(api_key: str, timestamp: str, partner_id: str) -> str:
     return base64.b64encode(digest).decode("ascii")
 
 
+def signed_message(timestamp: str, partner_id: str) -> bytes:
+    """What the HMAC covers: the bytes a remote signer is sent (the key never leaves it)."""
+    return (timestamp + partner_id + SUFFIX).encode("utf-8")
+
+
+def whole_second(epoch_s: int) -> str:
+    """A presigned timestamp: ``format_timestamp``'s format at a whole second (``.000Z``)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(epoch_s))
+
+
 class Signer:
     """A pre-keyed HMAC: the key schedule is done once, each signature copies it.
 

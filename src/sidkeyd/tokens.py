@@ -219,7 +219,9 @@ class TokenBroker:
         config = self._environments[environment].smileid
         loop = asyncio.get_running_loop()
         issued = self._clock()
+        # The loader refuses smileid with a remote signer: only a local key mints tokens.
         assert config is not None
+        assert key.api_key is not None
         call = loop.run_in_executor(
             self._pool, self._fetch_blocking, config, key.partner_id, key.api_key.reveal()
         )

@@ -74,11 +74,14 @@ class AdminRoutes:
         return Response(200, self._metrics.render(), content_type=CONTENT_TYPE)
 
     def health(self, request: Request) -> Response:
-        environments = {}
+        environments: dict[str, dict[str, Any]] = {}
         usable = True
         for name in self._engine.environments:
             health, reason = self._engine.health(name)
             environments[name] = {"health": health.value, "reason": reason}
+            presigned = self._engine.presigned_for_s(name)
+            if presigned is not None:  # a remote signer: signatures ready without its backend
+                environments[name]["presigned_s"] = int(presigned)
             if self._tokens is not None and name in self._tokens:
                 environments[name]["token"] = "failing" if self._tokens.failing(name) else "ok"
             usable = usable and health is not Health.UNAVAILABLE

@@ -14,7 +14,7 @@ from sidkeyd.keystore import KeySnapshot
 from sidkeyd.log import get_logger, untrusted
 from sidkeyd.metrics import NO_METRICS, Metrics
 from sidkeyd.ratelimit import RateLimiter, retry_after
-from sidkeyd.signing import TimestampClock, check_timestamp
+from sidkeyd.signing import TimestampClock, check_timestamp, whole_second
 from sidkeyd.validation import MAX_SIGNATURE_CHARS, MAX_TIMESTAMP_CHARS, parse_fields
 
 
@@ -41,7 +41,7 @@ class SigningRoutes:
         self._metrics = metrics
         self._log = get_logger()
 
-    def sign(self, request: Request) -> Response:
+    def sign(self, request: Request) -> Response | Awaitable[Response]:
         started = time.perf_counter_ns()
         body = parse_fields(request.body, required=("environment",), optional=("timestamp",))
         environment = self._gate.environment(body, request.peer)
@@ -55,12 +55,39 @@ class SigningRoutes:
                     headers=(("Retry-After", retry_after(wait)),),
                 )
         timestamp = body.get("timestamp")
-        if timestamp is None:
-            timestamp = self._clock.now()
-        else:
+        if timestamp is not None:
             self._check_timestamp(timestamp)
         key = self._engine.signing_key(environment)
+        if key.signer is None:
+            return self._sign_remote(key, timestamp, request, started)
+        if timestamp is None:
+            timestamp = self._clock.now()
         signature = key.signer.sign(timestamp, key.partner_id)
+        return self._issued(key, timestamp, signature, request, started)
+
+    def _sign_remote(
+        self, key: KeySnapshot, timestamp: str | None, request: Request, started: int
+    ) -> Response | Awaitable[Response]:
+        """From the presigned table when the caller gave no timestamp, else one backend call."""
+        assert key.remote is not None
+        if timestamp is None:
+            presigned = key.remote.presigned()
+            if presigned is not None:
+                return self._issued(key, *presigned, request, started)
+            timestamp = whole_second(int(time.time()))  # not filled yet: sign this second live
+        return self._sign_live(key, timestamp, request, started)
+
+    async def _sign_live(
+        self, key: KeySnapshot, timestamp: str, request: Request, started: int
+    ) -> Response:
+        assert key.remote is not None
+        signature = await key.remote.sign_live(timestamp)
+        return self._issued(key, timestamp, signature, request, started)
+
+    def _issued(
+        self, key: KeySnapshot, timestamp: str, signature: str, request: Request, started: int
+    ) -> Response:
+        environment = key.environment
         age = int(time.time() - key.loaded_epoch)
         self._log.info(
             "signature.issued",
@@ -96,10 +123,34 @@ class SigningRoutes:
             raise BadRequest(
                 "invalid_signature", f"signature must be at most {MAX_SIGNATURE_CHARS} characters"
             )
+        if self._engine.signing_key(environment).remote is not None:
+            return self._verify_remote(environment, timestamp, signature, request)
         matched = self._match(environment, timestamp, signature)
         if matched is None:
             return self._verify_after_check(environment, timestamp, signature, request)
         return self._verified(environment, timestamp, matched, request, rechecked=False)
+
+    async def _verify_remote(
+        self, environment: str, timestamp: str, signature: str, request: Request
+    ) -> Response:
+        """As a local verify, each key's check being the table or one backend call."""
+        matched = await self._match_remote(environment, timestamp, signature)
+        rechecked = False
+        if matched is None:
+            rechecked = await self._engine.budgeted_check(
+                environment, Trigger.VERIFY, **request.peer.log_fields()
+            )
+            if rechecked:
+                matched = await self._match_remote(environment, timestamp, signature)
+        return self._verified(environment, timestamp, matched, request, rechecked=rechecked)
+
+    async def _match_remote(
+        self, environment: str, timestamp: str, signature: str
+    ) -> KeySnapshot | None:
+        for key in self._engine.verification_keys(environment):
+            if key.remote is not None and await key.remote.verify(timestamp, signature):
+                return key
+        return None
 
     async def _verify_after_check(
         self, environment: str, timestamp: str, signature: str, request: Request
@@ -113,7 +164,7 @@ class SigningRoutes:
 
     def _match(self, environment: str, timestamp: str, signature: str) -> KeySnapshot | None:
         for key in self._engine.verification_keys(environment):
-            if key.signer.verify(timestamp, key.partner_id, signature):
+            if key.signer is not None and key.signer.verify(timestamp, key.partner_id, signature):
                 return key
         return None
 

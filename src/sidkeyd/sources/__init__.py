@@ -11,6 +11,7 @@ from typing import Protocol, runtime_checkable
 
 from sidkeyd.config import EnvironmentConfig, SourceConfig
 from sidkeyd.keystore import ApiKey
+from sidkeyd.signers import RemoteSigner
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +32,19 @@ class Unchanged:
     served_by: str | None = None
 
 
-FetchResult = SecretValue | Unchanged
+@dataclass(frozen=True, slots=True)
+class RemoteKey:
+    """A key version a backend holds and signs with (``signer`` is not "local"): no key read."""
+
+    signer: RemoteSigner
+    served_by: str | None = None
+
+    @property
+    def version(self) -> str:
+        return self.signer.version
+
+
+FetchResult = SecretValue | Unchanged | RemoteKey
 
 
 class Source(Protocol):

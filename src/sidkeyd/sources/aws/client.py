@@ -69,6 +69,7 @@ class AwsClients:
         self._session: boto3.Session | None = None
         self._clients: dict[str, SecretsManagerClient] = {}
         self._sqs: SQSClient | None = None
+        self._kms: Any = None  # no KMS stubs in the dev tools: botocore's client, untyped
         self._closed = False
 
     @property
@@ -98,6 +99,18 @@ class AwsClients:
                 )
                 self._clients[region] = client
             return client
+
+    def kms(self) -> Any:
+        """The KMS client of the primary region (the kms signer), built once."""
+        with self._lock:
+            if self._kms is None:
+                self._kms = self._usable_session().client(
+                    "kms",
+                    region_name=self._config.region,
+                    endpoint_url=self.endpoint_url(self._config.region),
+                    config=self.botocore_config,
+                )
+            return self._kms
 
     def sqs(self) -> SQSClient:
         """The SQS client for ``notify_queue_url``, built once from the same session.
@@ -129,7 +142,9 @@ class AwsClients:
             clients: list[Any] = list(self._clients.values())
             if self._sqs is not None:
                 clients.append(self._sqs)
-            self._clients, self._sqs = {}, None
+            if self._kms is not None:
+                clients.append(self._kms)
+            self._clients, self._sqs, self._kms = {}, None, None
             self._session = None
         for client in clients:
             client.close()

@@ -76,6 +76,15 @@ ERROR_CODES: Final[Mapping[str, tuple[type[SourceError], str]]] = MappingProxyTy
         "ExpiredToken": (_P, "credentials_expired"),
         "ExpiredTokenException": (_P, "credentials_expired"),
         "RequestExpired": (_P, "clock_skew"),
+        # KMS (the kms signer): the key is cut off or unusable. KMSInvalidMacException is no
+        # error: KmsSigner.verify answers it as an invalid signature.
+        "NotFoundException": (_A, "key_not_found"),
+        "DisabledException": (_A, "key_disabled"),
+        "KMSInvalidStateException": (_A, "key_disabled"),
+        "InvalidKeyUsageException": (_P, "kms_key_type"),
+        "KeyUnavailableException": (_T, "service_unavailable"),
+        "DependencyTimeoutException": (_T, "service_timeout"),
+        "KMSInternalException": (_T, "service_error"),
     }
 )
 

@@ -31,6 +31,7 @@ from sidkeyd.sources import FetchResult, SecretValue, Unchanged
 from sidkeyd.sources.aws.client import AwsClients
 from sidkeyd.sources.aws.errors import translate_error
 from sidkeyd.sources.aws.events import secret_matches
+from sidkeyd.sources.aws.kms import KmsKeys
 from sidkeyd.sources.aws.notify import NOTIFY_WAIT_S, SqsWatcher
 from sidkeyd.sources.payload import key_from_text
 
@@ -51,6 +52,7 @@ class AwsSource:
         self._regions = (config.region, *(r for r in config.fallback_regions if r != config.region))
         wait_s = max(0, min(NOTIFY_WAIT_S, notify_wait_s))
         self._clients = AwsClients(config, notify_wait_s=wait_s)
+        self._kms = KmsKeys(self._clients.kms, config.region)
         self._log = get_logger()
         queue_url = config.notify_queue_url
         self._watcher = (
@@ -90,6 +92,8 @@ class AwsSource:
     # -- the Source protocol ---------------------------------------------------------------
 
     def fetch(self, environment: EnvironmentConfig, held_version: str | None) -> FetchResult:
+        if environment.signer == "kms":  # the key stays in KMS: check which key the alias names
+            return self._kms.check(environment, held_version)
         primary, *fallbacks = self._regions
         try:
             return self._fetch_from(primary, environment, held_version)
@@ -160,6 +164,7 @@ class AwsSource:
     def close(self) -> None:
         if self._watcher is not None:
             self._watcher.stop()
+        self._kms.close()
         self._clients.close()
 
     # -- the WatchingSource protocol ---------------------------------------------------------

@@ -22,6 +22,7 @@ from sidkeyd.sources.vault.auth import TokenLifecycle
 from sidkeyd.sources.vault.client import make_client
 from sidkeyd.sources.vault.kv import KvReader
 from sidkeyd.sources.vault.login import login_method
+from sidkeyd.sources.vault.transit import TransitKeys
 
 
 class VaultSource:
@@ -38,6 +39,7 @@ class VaultSource:
             config.name, login_method(config.auth, config.name), self._client, self._closing
         )
         self._kv = KvReader(config, self._client, self._tokens.secrets)
+        self._transit = TransitKeys(self._client, self._tokens.ensure_token, self._tokens.secrets)
         # The read lock: one fetch at a time per source (the engine may call fetch for several
         # environments at once from its thread pool), covering its token check, read and 403
         # recovery. The renewer never takes it.
@@ -50,8 +52,9 @@ class VaultSource:
         with self._read_lock:
             self._refuse_if_closing()
             lease = self._tokens.ensure_token()
+            read = self._transit.check if environment.signer == "transit" else self._kv.read
             try:
-                return self._kv.read(environment, held_version)
+                return read(environment, held_version)
             except AccessLostError as exc:
                 if not isinstance(exc.__cause__, hvac_errors.Forbidden):
                     raise
@@ -59,7 +62,7 @@ class VaultSource:
                 # replaced), in which case read once more with a new one.
                 if not self._tokens.recover_from_denial(lease):
                     raise
-            return self._kv.read(environment, held_version)
+            return read(environment, held_version)
 
     def close(self) -> None:
         self._closing.set()

@@ -1,0 +1,247 @@
+"""Remote signing for one key version: presigned whole seconds and live calls, off the loop.
+
+A remote signer's call is a network round trip. ``RemoteSigning`` keeps a ``PresignedTable``
+of the signatures of the coming whole seconds (``...T07:52:13.000Z``, the daemon's timestamp
+format at ``.000``), refilled in batches in the signing pool before it runs low, so that a
+request without a timestamp is answered from memory with no network call. A request with its
+own timestamp, and a verify of anything not in the table, is one call in the pool.
+
+It belongs to one ``KeySnapshot``: a rotation installs a new snapshot with an empty table and
+``retire()``s the old one, whose table is dropped at once. While the backend fails, the table
+serves until it runs out, then ``presign_exhausted``; caller timestamps are refused at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor
+from typing import TypeVar
+
+from sidkeyd.backoff import Backoff
+from sidkeyd.config import PresignConfig
+from sidkeyd.errors import KeyUnavailableError, SourceError, TransientSourceError
+from sidkeyd.log import get_logger
+from sidkeyd.signers import RemoteSigner
+from sidkeyd.signing import signed_message, whole_second
+
+# After a failed refill: retry within 1 s, doubling to 30 s, so that recovery is seen soon.
+REFILL_BACKOFF = Backoff(1.0, 30.0)
+T = TypeVar("T")
+
+
+class PresignedTable:
+    """Signatures of consecutive whole seconds ``[start, end)``. Event loop only."""
+
+    __slots__ = ("_by_second", "_by_timestamp", "end", "start")
+
+    def __init__(self) -> None:
+        self._by_second: dict[int, tuple[str, str]] = {}  # second -> (timestamp, signature)
+        self._by_timestamp: dict[str, str] = {}  # for verify
+        self.start = self.end = 0
+
+    def __len__(self) -> int:
+        return len(self._by_second)
+
+    def get(self, second: int) -> tuple[str, str] | None:
+        return self._by_second.get(second)
+
+    def signature_of(self, timestamp: str) -> str | None:
+        return self._by_timestamp.get(timestamp)
+
+    def extend(self, first: int, signed: Sequence[tuple[str, str]]) -> None:
+        """Add the (timestamp, signature) of ``first``, ``first + 1``...; a gap starts afresh."""
+        if first != self.end:
+            self.clear()
+            self.start = first
+        for offset, entry in enumerate(signed):
+            self._by_second[first + offset] = entry
+            self._by_timestamp[entry[0]] = entry[1]
+        self.end = first + len(signed)
+
+    def prune(self, before: int) -> None:
+        """Forget the seconds before ``before``: past, never served again."""
+        for second in range(self.start, min(before, self.end)):
+            timestamp, _ = self._by_second.pop(second)
+            del self._by_timestamp[timestamp]
+        self.start = max(self.start, min(before, self.end))
+
+    def left_s(self, now: float) -> float:
+        """How long the table lasts from ``now`` without a refill."""
+        return self.end - now if self.start <= now < self.end else 0.0
+
+    def clear(self) -> None:
+        self._by_second.clear()
+        self._by_timestamp.clear()
+        self.start = self.end = 0
+
+
+class RemoteSigning:
+    """One remote key version's table, refill task and live calls, for the sign path."""
+
+    def __init__(
+        self,
+        environment: str,
+        partner_id: str,
+        signer: RemoteSigner,
+        config: PresignConfig,
+        pool: Executor,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.environment = environment
+        self.signer = signer
+        self._partner_id = partner_id
+        self._config = config
+        self._pool = pool
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._sleep = sleep  # between refills (tests wake it themselves)
+        self.table = PresignedTable()
+        self.failing: SourceError | None = None  # the last refill failed: the backend is down
+        self._task: asyncio.Task[None] | None = None
+        self._retired = False
+        self._log = get_logger()
+
+    def __repr__(self) -> str:
+        return f"RemoteSigning({self.signer.backend}, version={self.signer.version!r})"
+
+    # -- lifecycle (event loop) ------------------------------------------------------------
+
+    def start(self) -> None:
+        """Fill the table now and keep it filled until ``retire()``."""
+        self._task = asyncio.ensure_future(self._keep_filled())
+
+    def retire(self) -> None:
+        """This key version is no longer current: drop its table now, stop refilling."""
+        self._retired = True
+        self.table.clear()
+        if self._task is not None:
+            self._task.cancel()
+
+    # -- the sign path (event loop, no I/O) ------------------------------------------------
+
+    def presigned(self) -> tuple[str, str] | None:
+        """(timestamp, signature) of the current whole second; None: sign it live.
+
+        Raises ``presign_exhausted`` when the table has run out while the backend is failing.
+        """
+        found = self.table.get(int(self._clock()))
+        if found is None and self.failing is not None:
+            raise KeyUnavailableError(
+                "presign_exhausted",
+                f"no presigned signature left for {self.environment!r} and the "
+                f"{self.signer.backend} signer is failing ({self.failing.code}); "
+                "retry when it is back",
+            )
+        return found
+
+    def presigned_for_s(self) -> float:
+        return self.table.left_s(self._clock())
+
+    async def sign_live(self, timestamp: str) -> str:
+        """One backend call for a timestamp the table does not hold."""
+        self._refuse_if_failing("a caller's timestamp is signed live")
+        message = signed_message(timestamp, self._partner_id)
+        signatures = await self._call(self.signer.sign, [message])
+        return signatures[0]
+
+    async def verify(self, timestamp: str, signature: str) -> bool:
+        """From the table when it holds ``timestamp``, else one backend call."""
+        presigned = self.table.signature_of(timestamp)
+        if presigned is not None:
+            given = signature.encode("utf-8", "surrogatepass")
+            return hmac.compare_digest(presigned.encode("ascii"), given)
+        self._refuse_if_failing("a signature not presigned is verified live")
+        message = signed_message(timestamp, self._partner_id)
+        return await self._call(self.signer.verify, message, signature)
+
+    def _refuse_if_failing(self, why: str) -> None:
+        if self.failing is not None:
+            raise KeyUnavailableError(
+                "signer_unavailable",
+                f"the {self.signer.backend} signer for {self.environment!r} is failing "
+                f"({self.failing.code}) and {why}; retry when it is back",
+            )
+
+    async def _call(self, call: Callable[..., T], *args: object) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, call, *args)
+        except SourceError as exc:
+            self._log.warning(
+                "signer.call_failed",
+                environment=self.environment,
+                key_version=self.signer.version,
+                code=exc.code,
+                reason=exc.reason,
+            )
+            raise KeyUnavailableError(
+                "signer_unavailable",
+                f"the {self.signer.backend} signer for {self.environment!r} did not answer "
+                f"({exc.code}); retry later",
+            ) from None
+
+    # -- refills ---------------------------------------------------------------------------
+
+    async def _keep_filled(self) -> None:
+        failures = 0
+        while not self._retired:
+            try:
+                await self._fill()
+            except SourceError as exc:
+                failures += 1
+                self.failing = exc
+                self._log.warning(
+                    "presign.refill_failed",
+                    environment=self.environment,
+                    key_version=self.signer.version,
+                    code=exc.code,
+                    reason=exc.reason,
+                    presigned_s=int(self.presigned_for_s()),
+                    failures=failures,
+                )
+                await self._sleep(REFILL_BACKOFF.delay(failures, self._rng))
+                continue
+            if failures:
+                self._log.info("presign.recovered", environment=self.environment, failures=failures)
+            failures, self.failing = 0, None
+            left = self.table.end - self._clock()
+            await self._sleep(max(1.0, left - self._config.refill_below.total_seconds()))
+
+    async def _fill(self) -> None:
+        """Sign every whole second from the table's end (or now) to ``lead`` ahead."""
+        loop = asyncio.get_running_loop()
+        now = self._clock()
+        if self.table.start > now:  # the clock stepped back: those seconds are far ahead
+            self.table.clear()
+        self.table.prune(int(now))
+        first = max(self.table.end, int(now))
+        until = int(now + self._config.lead.total_seconds())
+        calls = 0
+        while first < until:
+            stamps = [whole_second(s) for s in range(first, min(first + self._config.batch, until))]
+            messages = [signed_message(stamp, self._partner_id) for stamp in stamps]
+            signatures = await loop.run_in_executor(self._pool, self.signer.sign, messages)
+            if self._retired:
+                return
+            if len(signatures) != len(stamps):
+                raise TransientSourceError(
+                    f"{self.signer.backend} answered {len(signatures)} of {len(stamps)} HMACs",
+                    code="short_batch",
+                )
+            self.table.extend(first, list(zip(stamps, signatures, strict=True)))
+            first, calls = self.table.end, calls + 1
+        if calls:
+            self._log.info(
+                "presign.refilled",
+                environment=self.environment,
+                key_version=self.signer.version,
+                calls=calls,
+                presigned_s=int(self.presigned_for_s()),
+            )
