@@ -1,6 +1,8 @@
 """Structured audit logging with structlog, and the redactor that keeps keys out of it.
 
-``cli`` calls ``configure_logging`` once; everything else just uses ``get_logger()``.
+``cli`` calls ``configure_logging`` once; everything else just uses ``get_logger()``. A config
+reload changes the level through ``set_log_level`` (the format needs a restart: structlog's
+loggers cache their processors and output at first use).
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ from sidkeyd.config import LogConfig
 from sidkeyd.redaction import REDACTED, backend_text, truncate
 from sidkeyd.signing import TimestampClock
 
-__all__ = ["REDACTED", "configure_logging", "get_logger", "make_redactor", "untrusted"]
+__all__ = [
+    "REDACTED",
+    "configure_logging",
+    "get_logger",
+    "make_redactor",
+    "set_log_level",
+    "untrusted",
+]
 
 # Field names whose values are never logged, whatever they hold.
 SENSITIVE_FIELDS = frozenset(
@@ -40,6 +49,32 @@ class _UtcStamper:
     ) -> MutableMapping[str, Any]:
         event_dict["timestamp"] = self._clock.now()
         return event_dict
+
+
+class _LevelGate:
+    """Drops events below ``level``: a processor, so a reload can change it for loggers already
+    cached (a filtering wrapper class would be fixed in each at its first use)."""
+
+    def __init__(self) -> None:
+        self.level = logging.INFO
+
+    def __call__(
+        self, _l: Any, method: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        if _LEVELS.get(method, logging.CRITICAL) < self.level:
+            raise structlog.DropEvent
+        return event_dict
+
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+_LEVELS |= {"warn": logging.WARNING, "error": logging.ERROR, "exception": logging.ERROR}
+_LEVEL_GATE = _LevelGate()
+
+
+def set_log_level(level: str) -> None:
+    """``debug``, ``info``, ``warning`` or ``error``, from now on, for every logger."""
+    _LEVEL_GATE.level = getattr(logging, level.upper())
+    logging.root.setLevel(max(_LEVEL_GATE.level, logging.WARNING))  # libraries' info is noise
 
 
 def get_logger(**initial: Any) -> Any:
@@ -153,7 +188,6 @@ def _with_syslog_priority(renderer: structlog.types.Processor) -> structlog.type
 def configure_logging(
     config: LogConfig, secrets: SecretsProvider, stream: TextIO | None = None
 ) -> None:
-    level = getattr(logging, config.level.upper())
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer(serializer=_json_encode)
         if config.format == "json"
@@ -164,16 +198,17 @@ def configure_logging(
         renderer = _with_syslog_priority(renderer)
     structlog.configure(
         processors=[
+            _LEVEL_GATE,
             structlog.processors.add_log_level,
             _UtcStamper(),
             structlog.processors.format_exc_info,
             make_redactor(secrets),
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=True,
     )
     logging.captureWarnings(True)
     logging.root.handlers = [_LibraryLogBridge()]
-    logging.root.setLevel(max(level, logging.WARNING))  # libraries' info lines are noise
+    set_log_level(config.level)
