@@ -11,14 +11,17 @@ import json
 import os
 import pwd
 import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from sidkeyd.client import Client
-from support.daemon import Daemon, refused
+from support.daemon import Daemon, refused, short_socket_dir
 from support.moto_server import MotoEndpoint, OutageFront
 
 StartDaemon = Callable[..., Daemon]
@@ -320,3 +323,48 @@ def test_an_unchanged_environment_keeps_its_key_without_reading_the_secret(
     assert (1, 1, 2) == (reads, kept_reads, front.count("GetSecretValue"))
     assert ["production"] == daemon.events("config.reloaded")[0]["environments"]["kept"]
     daemon.assert_no_secret_in_logs(ALL_KEYS)
+
+
+def test_systemd_hears_reloading_with_its_monotonic_time_then_ready(
+    start_daemon: StartDaemon,
+) -> None:
+    """RELOADING=1 + MONOTONIC_USEC, then READY=1 + STATUS, for a good and for a refused reload."""
+    from test_systemd_notify import Manager  # the datagram stand-in for the service manager
+
+    manager = Manager(short_socket_dir() / "notify.sock")
+    try:
+        daemon = start_daemon(CONFIG, files=KEYS, env={"NOTIFY_SOCKET": str(manager.path)})
+        manager.wait_for("READY=1")
+        started = len(manager.messages)
+        before_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        rewrite(daemon, CONFIG + STAGING)
+        assert 0 == daemon.cli("reload").returncode
+        rewrite(daemon, CONFIG + "[server]\n")  # a duplicate table: invalid
+        assert 1 == daemon.cli("reload").returncode
+        manager.wait_for("READY=1", count=3)
+    finally:
+        manager.close()
+
+    after = [m.split("\n") for m in manager.messages[started:]]
+    assert [["RELOADING=1", "MONOTONIC_USEC"], ["READY=1", "STATUS"]] * 2 == [
+        [lines[0], lines[1].split("=")[0]] for lines in after
+    ]
+    usec = int(after[0][1].split("=")[1])
+    assert before_usec <= usec <= time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    assert after[1][1].startswith("STATUS=sandbox: healthy; production: healthy; staging: ")
+
+
+def test_concurrent_reloads_run_one_at_a_time(daemon: Daemon) -> None:
+    """Four `sidkeyd reload` at once: all succeed, and no reload starts before the last ended."""
+    rewrite(daemon, CONFIG + STAGING)
+    command = [sys.executable, "-m", "sidkeyd", "reload", "--socket", str(daemon.socket_path)]
+    runs = [subprocess.Popen(command, stdout=subprocess.DEVNULL) for _ in range(4)]
+    codes = [run.wait(30) for run in runs]
+    daemon.wait_for_event("config.reloaded", count=4)
+
+    order = [
+        e["event"]
+        for e in daemon.events()
+        if e.get("event") in ("config.reload_started", "config.reloaded")
+    ]
+    assert ([0, 0, 0, 0], ["config.reload_started", "config.reloaded"] * 4) == (codes, order)
