@@ -51,30 +51,55 @@ class _UtcStamper:
         return event_dict
 
 
-class _LevelGate:
-    """Drops events below ``level``: a processor, so a reload can change it for loggers already
-    cached (a filtering wrapper class would be fixed in each at its first use)."""
-
-    def __init__(self) -> None:
-        self.level = logging.INFO
-
-    def __call__(
-        self, _l: Any, method: str, event_dict: MutableMapping[str, Any]
-    ) -> MutableMapping[str, Any]:
-        if _LEVELS.get(method, logging.CRITICAL) < self.level:
-            raise structlog.DropEvent
-        return event_dict
+class _Level:
+    value = logging.INFO  # the level in force; set_log_level changes it
 
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
-_LEVELS |= {"warn": logging.WARNING, "error": logging.ERROR, "exception": logging.ERROR}
-_LEVEL_GATE = _LevelGate()
+_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning"}
+_NAMES |= {logging.ERROR: "error", logging.CRITICAL: "critical"}
+
+
+class _LevelledLogger(structlog.BoundLoggerBase):
+    """structlog's bound logger, filtering at each call by the level in force: loggers are
+    cached at first use, so a level fixed in their class (make_filtering_bound_logger) could
+    not follow a reload. A call below the level returns before any processor runs."""
+
+    def _at(self, level: int, name: str, event: str | None, kw: dict[str, Any]) -> Any:
+        if level < _Level.value:
+            return None
+        return self._proxy_to_logger(name, event, **kw)
+
+    def debug(self, event: str | None = None, **kw: Any) -> Any:
+        return self._at(logging.DEBUG, "debug", event, kw)
+
+    def info(self, event: str | None = None, **kw: Any) -> Any:
+        return self._at(logging.INFO, "info", event, kw)
+
+    def warning(self, event: str | None = None, **kw: Any) -> Any:
+        return self._at(logging.WARNING, "warning", event, kw)
+
+    warn = warning
+
+    def error(self, event: str | None = None, **kw: Any) -> Any:
+        return self._at(logging.ERROR, "error", event, kw)
+
+    def critical(self, event: str | None = None, **kw: Any) -> Any:
+        return self._at(logging.CRITICAL, "critical", event, kw)
+
+    def exception(self, event: str | None = None, **kw: Any) -> Any:
+        kw.setdefault("exc_info", True)
+        return self._at(logging.ERROR, "error", event, kw)
+
+    def log(self, level: int, event: str | None = None, **kw: Any) -> Any:
+        """A library record's level: named by the standard level at or below it."""
+        name = next((n for at, n in sorted(_NAMES.items(), reverse=True) if level >= at), "debug")
+        return self._at(level, name, event, kw)
 
 
 def set_log_level(level: str) -> None:
     """``debug``, ``info``, ``warning`` or ``error``, from now on, for every logger."""
-    _LEVEL_GATE.level = getattr(logging, level.upper())
-    logging.root.setLevel(max(_LEVEL_GATE.level, logging.WARNING))  # libraries' info is noise
+    _Level.value = getattr(logging, level.upper())
+    logging.root.setLevel(max(_Level.value, logging.WARNING))  # libraries' info is noise
 
 
 def get_logger(**initial: Any) -> Any:
@@ -198,14 +223,13 @@ def configure_logging(
         renderer = _with_syslog_priority(renderer)
     structlog.configure(
         processors=[
-            _LEVEL_GATE,
             structlog.processors.add_log_level,
             _UtcStamper(),
             structlog.processors.format_exc_info,
             make_redactor(secrets),
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+        wrapper_class=_LevelledLogger,
         logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=True,
     )
