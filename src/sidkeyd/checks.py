@@ -71,6 +71,9 @@ def resolve_partner_id(environment: EnvironmentConfig, value: SecretValue) -> st
     return partner_id
 
 
+_SUPERSEDED = "superseded by a config reload: not applied"
+
+
 @dataclass
 class _Flight:
     """The check in flight for one environment; ``forced`` ones read in full."""
@@ -102,6 +105,7 @@ class CheckRunner:
         # behind a check, nor a check behind them.
         self._sign_pool = DaemonThreadPool(max_workers=8, thread_name_prefix="sidkeyd-sign")
         self._flights: dict[str, _Flight] = {}
+        self._epochs: dict[str, int] = {}  # bumped when a reload renews or drops an environment
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}  # (env, stale|revoke)
         self._log = get_logger()
         # (environment, trigger, "ok" | "changed" | error code, seconds): the metrics.
@@ -114,6 +118,25 @@ class CheckRunner:
 
     def in_flight(self) -> list[asyncio.Future[CheckOutcome]]:
         return [flight.task for flight in self._flights.values()]
+
+    def reconfigure(
+        self,
+        environments: Mapping[str, EnvironmentConfig],
+        sources: Mapping[str, Source],
+        freshness: Mapping[str, Freshness],
+        renewed: list[str],
+    ) -> None:
+        """A reload's new settings; ``renewed`` (changed or removed) environments forget their
+        checks in flight and timers, so what a check of the old settings reads is never held."""
+        self._environments, self._sources, self._fresh = environments, sources, freshness
+        for name in renewed:
+            self._epochs[name] = self._epochs.get(name, 0) + 1
+            self._flights.pop(name, None)  # it lands unapplied: see _superseded
+            for kind in ("stale", "revoke"):
+                self._cancel_timer(name, kind)
+
+    def _superseded(self, name: str, epoch: int) -> bool:
+        return self._epochs.get(name, 0) != epoch or name not in self._environments
 
     async def stop(self) -> None:
         """Cancel the checks and timers; a backend call in a worker is abandoned."""
@@ -140,9 +163,11 @@ class CheckRunner:
         """
         while force and (running := self._flights.get(environment)) and not running.forced:
             await asyncio.wait([running.task])  # its done callback removes it first
+        if environment not in self._environments:  # removed by a reload while it waited
+            return CheckOutcome(environment, None, changed=False, error=_SUPERSEDED)
         flight = self._flights.get(environment)
         if flight is None:
-            if trigger not in (Trigger.SCHEDULE, Trigger.STARTUP):
+            if force:
                 self._log.info("refresh.forced", environment=environment, trigger=trigger, **fields)
             flight = _Flight(
                 asyncio.ensure_future(self._check_once(environment, trigger, force)), force
@@ -157,12 +182,15 @@ class CheckRunner:
 
     async def _check_once(self, name: str, trigger: Trigger, force: bool) -> CheckOutcome:
         env, fresh = self._environments[name], self._fresh[name]
+        epoch = self._epochs.get(name, 0)
         held = self._store.get(name)
         fresh.attempted(self._now())
         started = time.monotonic()
         just_read = ""  # a key read by this check: scrubbed from its error, held or not
         try:
             result = await self._fetch(env, None if force or held is None else held.version)
+            if self._superseded(name, epoch):
+                return CheckOutcome(name, None, changed=False, error=_SUPERSEDED)
             installed = None
             if isinstance(result, SecretValue):
                 just_read = result.api_key.reveal()
@@ -179,6 +207,8 @@ class CheckRunner:
             return CheckOutcome(name, result.version, changed=installed is not None)
         except SourceError as exc:
             exc.scrub([*self._store.secrets(), just_read])
+            if self._superseded(name, epoch):
+                return CheckOutcome(name, None, changed=False, error=_SUPERSEDED)
             retry_in_s = self._schedule.retry_after_failure(name, fresh.consecutive_failures + 1)
             current = self._store.get(name)
             self._apply(

@@ -58,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="run the daemon",
-        description="Run the daemon. SIGTERM/SIGINT stop it gracefully; SIGHUP checks every "
-        "environment's key now (the config is read only at start).",
+        description="Run the daemon. SIGTERM/SIGINT stop it gracefully; SIGHUP reloads the config "
+        "file (as 'sidkeyd reload' does) and checks every environment's key.",
     )
     with_config(serve)
     check = commands.add_parser(
@@ -115,6 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     refresh = commands.add_parser("refresh", help="check the backend now (admin)")
     refresh.add_argument("--env", help="only this environment")
     with_socket(refresh)
+
+    reload = commands.add_parser(
+        "reload",
+        help="re-read the daemon's config file and apply it (admin)",
+        description="Ask the daemon to re-read and apply the config file it was started with. "
+        "Prints what changed; exit 1 naming every problem if the file is invalid or a change "
+        "needs a restart (then nothing changed).",
+    )
+    with_socket(reload)
     return parser
 
 
@@ -221,7 +230,7 @@ def _import_key(path: Path, environment: str, key_file: Path | None) -> int:
 
 def _serve(path: Path) -> int:
     from sidkeyd.keystore import KeyStore
-    from sidkeyd.log import configure_logging, get_logger
+    from sidkeyd.log import configure_logging, get_logger, set_log_level
     from sidkeyd.server import Server
 
     config = _load(path)
@@ -230,7 +239,7 @@ def _serve(path: Path) -> int:
     store = KeyStore()
     configure_logging(config.log, store.secrets)
     try:
-        Server(config, store).run()
+        Server(config, store, set_log_level=set_log_level).run()
     except StartupError as exc:
         get_logger().error("daemon.failed", reason=str(exc))
         return EXIT_UNAVAILABLE
@@ -262,6 +271,8 @@ def _client_command(args: argparse.Namespace) -> int:
         if args.command == "refresh":
             _print_json(client.refresh(args.env))
             return EXIT_OK
+        if args.command == "reload":
+            return _reload(client)
     except DaemonUnavailableError as exc:
         print(f"sidkeyd: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
@@ -295,6 +306,22 @@ def _status(client: Client, args: argparse.Namespace) -> int:
             )
             return EXIT_NEGATIVE
     return EXIT_OK
+
+
+def _reload(client: Client) -> int:
+    status, payload = client.request("POST", "/v1/reload", {})
+    if status == 200:
+        changes = payload.get("changes") or []
+        print(f"sidkeyd: reloaded, {len(changes)} change(s)")
+        for change in changes:
+            print(f"  {change}")
+        return EXIT_OK
+    error = payload.get("error")
+    error = error if isinstance(error, dict) else {}
+    print(f"sidkeyd: reload refused: {error.get('message', status)}", file=sys.stderr)
+    for problem in error.get("problems") or []:
+        print(f"  {problem.get('key')}: {problem.get('reason')}", file=sys.stderr)
+    return EXIT_NEGATIVE
 
 
 def _print_json(payload: object) -> None:

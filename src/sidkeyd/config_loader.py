@@ -12,6 +12,7 @@ import ipaddress
 import os
 import pwd
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from datetime import timedelta
@@ -44,10 +45,14 @@ from sidkeyd.policy import AccessPolicy
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
+# A config is a few KiB; the bound keeps a reload from reading a runaway file into memory.
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
 def load_config(path: Path) -> Config:
     """Load ``path``; raise ConfigError naming every problem."""
     try:
-        raw = path.read_bytes()
+        raw = _read_config_file(path)
     except OSError as exc:
         raise ConfigError([ConfigProblem("(file)", f"cannot read {path}: {exc.strerror}")]) from exc
     try:
@@ -55,6 +60,20 @@ def load_config(path: Path) -> Config:
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError([ConfigProblem("(file)", _toml_problem(raw, exc))]) from exc
     return parse_config(data, base_dir=path.resolve().parent, path=path)
+
+
+def _read_config_file(path: Path) -> bytes:
+    """A regular file of at most MAX_CONFIG_BYTES; never blocks on a FIFO or a device."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError([ConfigProblem("(file)", f"{path} is not a regular file")])
+        raw = file.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            [ConfigProblem("(file)", f"{path} is larger than {MAX_CONFIG_BYTES} bytes")]
+        )
+    return raw
 
 
 # partner_id = 085: TOML refuses a number with a leading zero, and its message does not say why.

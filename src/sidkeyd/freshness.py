@@ -33,7 +33,8 @@ class Trigger(StrEnum):
     STARTUP = "startup"
     SCHEDULE = "schedule"
     ADMIN = "admin"
-    SIGNAL = "signal"
+    SIGNAL = "signal"  # SIGHUP: a config reload
+    RELOAD = "reload"  # POST /v1/reload (sidkeyd reload)
     REPORT = "report"
     VERIFY = "verify"  # a signature to verify matched no key held
     TOKEN = "token"  # Smile ID refused the key for a V3 token

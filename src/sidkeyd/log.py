@@ -1,6 +1,8 @@
 """Structured audit logging with structlog, and the redactor that keeps keys out of it.
 
-``cli`` calls ``configure_logging`` once; everything else just uses ``get_logger()``.
+``cli`` calls ``configure_logging`` once; everything else just uses ``get_logger()``. A config
+reload changes the level through ``set_log_level`` (the format needs a restart: structlog's
+loggers cache their processors and output at first use).
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ from sidkeyd.config import LogConfig
 from sidkeyd.redaction import REDACTED, backend_text, truncate
 from sidkeyd.signing import TimestampClock
 
-__all__ = ["REDACTED", "configure_logging", "get_logger", "make_redactor", "untrusted"]
+__all__ = [
+    "REDACTED",
+    "configure_logging",
+    "get_logger",
+    "make_redactor",
+    "set_log_level",
+    "untrusted",
+]
 
 # Field names whose values are never logged, whatever they hold.
 SENSITIVE_FIELDS = frozenset(
@@ -40,6 +49,57 @@ class _UtcStamper:
     ) -> MutableMapping[str, Any]:
         event_dict["timestamp"] = self._clock.now()
         return event_dict
+
+
+class _Level:
+    value = logging.INFO  # the level in force; set_log_level changes it
+
+
+_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning"}
+_NAMES |= {logging.ERROR: "error", logging.CRITICAL: "critical"}
+
+
+class _LevelledLogger(structlog.BoundLoggerBase):
+    """structlog's bound logger, filtering at each call by the level in force: loggers are
+    cached at first use, so a level fixed in their class (make_filtering_bound_logger) could
+    not follow a reload. A call below the level returns before any processor runs."""
+
+    def _at(self, level: int, name: str, event: str | None, kw: dict[str, Any]) -> Any:
+        if level < _Level.value:
+            return None
+        return self._proxy_to_logger(name, event, **kw)
+
+    def debug(self, event: str | None = None, **kw: Any) -> Any:
+        return self._at(logging.DEBUG, "debug", event, kw)
+
+    def info(self, event: str | None = None, **kw: Any) -> Any:
+        return self._at(logging.INFO, "info", event, kw)
+
+    def warning(self, event: str | None = None, **kw: Any) -> Any:
+        return self._at(logging.WARNING, "warning", event, kw)
+
+    warn = warning
+
+    def error(self, event: str | None = None, **kw: Any) -> Any:
+        return self._at(logging.ERROR, "error", event, kw)
+
+    def critical(self, event: str | None = None, **kw: Any) -> Any:
+        return self._at(logging.CRITICAL, "critical", event, kw)
+
+    def exception(self, event: str | None = None, **kw: Any) -> Any:
+        kw.setdefault("exc_info", True)
+        return self._at(logging.ERROR, "error", event, kw)
+
+    def log(self, level: int, event: str | None = None, **kw: Any) -> Any:
+        """A library record's level: named by the standard level at or below it."""
+        name = next((n for at, n in sorted(_NAMES.items(), reverse=True) if level >= at), "debug")
+        return self._at(level, name, event, kw)
+
+
+def set_log_level(level: str) -> None:
+    """``debug``, ``info``, ``warning`` or ``error``, from now on, for every logger."""
+    _Level.value = getattr(logging, level.upper())
+    logging.root.setLevel(max(_Level.value, logging.WARNING))  # libraries' info is noise
 
 
 def get_logger(**initial: Any) -> Any:
@@ -153,7 +213,6 @@ def _with_syslog_priority(renderer: structlog.types.Processor) -> structlog.type
 def configure_logging(
     config: LogConfig, secrets: SecretsProvider, stream: TextIO | None = None
 ) -> None:
-    level = getattr(logging, config.level.upper())
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer(serializer=_json_encode)
         if config.format == "json"
@@ -170,10 +229,10 @@ def configure_logging(
             make_redactor(secrets),
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
+        wrapper_class=_LevelledLogger,
         logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=True,
     )
     logging.captureWarnings(True)
     logging.root.handlers = [_LibraryLogBridge()]
-    logging.root.setLevel(max(level, logging.WARNING))  # libraries' info lines are noise
+    set_log_level(config.level)

@@ -81,6 +81,14 @@ class Metrics:
         )  # fmt: skip
         self.signs = {name: _SignStats() for name in names}  # read by the collector
 
+    def track(self, environments: Iterable[str]) -> None:
+        """A reload's environments: counters of the kept ones go on, removed ones go."""
+        names = set(environments)
+        for name in self.signs.keys() - names:
+            del self.signs[name]  # in place: the collector holds this dict
+        for name in names:
+            self.signs.setdefault(name, _SignStats())
+
     def signed(self, environment: str, started_ns: int) -> None:
         stats = self.signs[environment]
         seconds = (time.perf_counter_ns() - started_ns) / 1e9
@@ -112,6 +120,9 @@ class Metrics:
 class _NoMetrics(Metrics):
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+
+    def track(self, environments: Iterable[str]) -> None:
+        pass
 
     def signed(self, environment: str, started_ns: int) -> None:
         pass

@@ -81,6 +81,7 @@ class KeyManager:
         )
         self._last_report_check: dict[str, float] = {}  # loop time of a client-forced check
         self._background: set[asyncio.Future[CheckOutcome]] = set()
+        self._closing: set[asyncio.Future[None]] = set()  # sources a reload retired
         self._log = get_logger()
 
     # -- the sign path -------------------------------------------------------------------
@@ -127,6 +128,42 @@ class KeyManager:
                 self._schedule.retry_after_failure(name, fresh.consecutive_failures)
         start_watchers(self._sources, self._notified)
 
+    def reconfigure(
+        self,
+        environments: Mapping[str, EnvironmentConfig],
+        sources: Mapping[str, Source],
+        renewed: list[str],
+    ) -> None:
+        """A reload's environments and sources, swapped in one step (no await).
+
+        ``renewed`` environments (changed: what is read) and removed ones lose their key now;
+        the others keep theirs, their state and their next check. Sources no longer in
+        ``sources`` are closed in the background; new watching ones start watching.
+        """
+        dropped = [name for name in self._environments if name not in environments]
+        for name in [*dropped, *renewed]:
+            self._store.drop(name)
+            self._last_report_check.pop(name, None)
+        fresh = {}
+        for name, env in environments.items():
+            kept = None if name in renewed else self._fresh.get(name)
+            if kept is not None:
+                kept.refresh = env.refresh
+            fresh[name] = kept or Freshness(name, env.source, env.refresh)
+        retired = {n: s for n, s in self._sources.items() if sources.get(n) is not s}
+        started = {n: s for n, s in sources.items() if self._sources.get(n) is not s}
+        self._environments, self._sources, self._fresh = dict(environments), sources, fresh
+        self._checks.reconfigure(self._environments, sources, fresh, [*dropped, *renewed])
+        self._schedule.update({n: e.refresh for n, e in environments.items()}, renewed)
+        if self._schedule.running:
+            start_watchers(started, self._notified)
+        if retired:
+            closing = asyncio.ensure_future(
+                close_sources(retired, self._shutdown_timeout_s, self._log)
+            )
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+
     async def _scheduled_check(self, environment: str) -> None:
         # Cancelled at shutdown: APScheduler would print that as a job failure on stderr.
         with contextlib.suppress(asyncio.CancelledError):
@@ -141,11 +178,15 @@ class KeyManager:
         await self._checks.stop()
         budget = self._shutdown_timeout_s if timeout_s is None else timeout_s
         await close_sources(self._sources, budget, self._log)
+        if self._closing:  # sources retired by a reload, still closing: same budget
+            await asyncio.wait(self._closing, timeout=budget)
 
-    def check_soon(self, trigger: Trigger, names: list[str] | None = None, **fields: Any) -> None:
-        """Start forced checks without waiting for them (signals, watchers)."""
+    def check_soon(
+        self, trigger: Trigger, names: list[str] | None = None, *, force: bool = True, **fields: Any
+    ) -> None:
+        """Start checks without waiting for them (watchers, reloads); forced unless told."""
         for name in self._fresh if names is None else names:
-            task = asyncio.ensure_future(self.check(name, trigger, force=True, **fields))
+            task = asyncio.ensure_future(self.check(name, trigger, force=force, **fields))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
@@ -157,8 +198,9 @@ class KeyManager:
 
     def _notified(self, source_name: str, changed: str) -> None:
         """A watcher says ``changed`` changed: check every environment that holds it."""
-        source = self._sources[source_name]
-        assert isinstance(source, WatchingSource)
+        source = self._sources.get(source_name)
+        if not isinstance(source, WatchingSource):
+            return  # a source a reload retired, still winding down
         names = [
             name
             for name, env in self._environments.items()
@@ -210,8 +252,11 @@ class KeyManager:
         """Whether a client-caused forced check may run (or be joined) now; counts it if so."""
         if self._checks.forced_in_flight(environment):
             return True
+        fresh = self._fresh.get(environment)
+        if fresh is None:
+            return False  # removed by a reload while the request waited
         now = asyncio.get_running_loop().time()
-        limit = self._fresh[environment].refresh.report_interval.total_seconds()
+        limit = fresh.refresh.report_interval.total_seconds()
         if now - self._last_report_check.get(environment, float("-inf")) < limit:
             return False
         self._last_report_check[environment] = now

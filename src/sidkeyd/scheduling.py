@@ -48,24 +48,40 @@ class CheckSchedule:
     def start(self) -> None:
         """Add one interval job per environment and start; needs the running event loop."""
         self._scheduler = AsyncIOScheduler(timezone=UTC)
-        now = self._now()
-        for name, refresh in self._refresh.items():
-            interval = refresh.interval
-            self._scheduler.add_job(
-                self._job,
-                IntervalTrigger(
-                    seconds=interval.total_seconds(),
-                    jitter=interval.total_seconds() * refresh.jitter or None,
-                    start_date=now + host_offset(self._hostname, name, interval),
-                    timezone=UTC,
-                ),
-                args=(name,),
-                id=name,
-                coalesce=True,
-                max_instances=1,
-                misfire_grace_time=max(1, int(interval.total_seconds())),
-            )
+        for name in self._refresh:
+            self._add_job(name)
         self._scheduler.start()
+
+    def _add_job(self, name: str) -> None:
+        assert self._scheduler is not None
+        interval = self._refresh[name].interval
+        self._scheduler.add_job(
+            self._job,
+            IntervalTrigger(
+                seconds=interval.total_seconds(),
+                jitter=interval.total_seconds() * self._refresh[name].jitter or None,
+                start_date=self._now() + host_offset(self._hostname, name, interval),
+                timezone=UTC,
+            ),
+            args=(name,),
+            id=name,
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=max(1, int(interval.total_seconds())),
+            replace_existing=True,
+        )
+
+    def update(self, refresh: dict[str, RefreshConfig], renewed: list[str]) -> None:
+        """A reload: remove the jobs of environments gone, (re)add those new, renewed or with
+        new refresh settings; the others keep their next run."""
+        old, self._refresh = self._refresh, refresh
+        if self._scheduler is None:
+            return  # start() adds every job
+        for name in old.keys() - refresh.keys():
+            self._scheduler.remove_job(name)
+        for name, settings in refresh.items():
+            if name in renewed or old.get(name) != settings:
+                self._add_job(name)
 
     @property
     def running(self) -> bool:

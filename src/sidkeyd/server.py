@@ -1,9 +1,9 @@
 """The daemon's lifecycle: bind, load keys, serve, and shut down gracefully.
 
 ``Server.serve()`` is the async entry point; ``run()`` is the sync one. Signals are captured
-here and only here: SIGTERM/SIGINT/SIGQUIT stop, SIGHUP forces a check of every environment,
-and SIGUSR1/SIGUSR2/SIGALRM (whose default action would kill the daemon without a word and
-leave its socket behind) are logged and ignored.
+here and only here: SIGTERM/SIGINT/SIGQUIT stop, SIGHUP reloads the config file (``reloading``)
+and checks every environment, and SIGUSR1/SIGUSR2/SIGALRM (whose default action would kill the
+daemon without a word and leave its socket behind) are logged and ignored.
 
 Shutdown has one budget, ``shutdown_timeout``, shared by draining connections and closing
 sources; backend calls still running after it are abandoned with the process.
@@ -15,13 +15,12 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from sidkeyd import __version__
 from sidkeyd.app import Application
 from sidkeyd.config import Config
-from sidkeyd.connections import ConnectionTracker, Limits
-from sidkeyd.freshness import Trigger
+from sidkeyd.connections import ConnectionTracker
 from sidkeyd.keystore import KeyStore
 from sidkeyd.log import get_logger
 from sidkeyd.metrics import NO_METRICS, Metrics
@@ -29,6 +28,8 @@ from sidkeyd.metrics_listener import serve_metrics
 from sidkeyd.notify import Notifier, Watchdog
 from sidkeyd.process import harden_process
 from sidkeyd.rejections import RejectionLog
+from sidkeyd.reload_plan import ReloadOutcome
+from sidkeyd.reloading import Reloader, Running, limits_for
 from sidkeyd.rotation import KeyManager
 from sidkeyd.socketfile import bind_unix_socket, inherited_socket, remove_socket
 from sidkeyd.sources import Source, build_source
@@ -46,10 +47,13 @@ class Server:
         store: KeyStore,
         *,
         sources: Mapping[str, Source] | None = None,
+        set_log_level: Callable[[str], None] = lambda _level: None,
     ) -> None:
         """``store`` is required: it is the one the log redactor reads (``cli`` passes both), and
-        a fresh one here would leave log lines scrubbed by field name only."""
+        a fresh one here would leave log lines scrubbed by field name only. ``set_log_level``
+        is how a reload changes the level (``cli`` configures logging)."""
         self.config = config
+        self._set_log_level = set_log_level
         self.store = store
         self._sources = sources
         self._should_exit = asyncio.Event()
@@ -110,26 +114,39 @@ class Server:
         manager.observe_checks(metrics.checked)
         rejections = RejectionLog(self._log, schedule=loop.call_later, counted=metrics.rejected)
         tokens = TokenBroker(config.environments, manager, self.store)
-        self._install_signal_handlers(manager)
         notifier = Notifier()
         notifier.send(f"STATUS=starting: checking {len(config.environments)} environment(s)")
         deadline: float | None = None  # set when the shutdown starts
         try:
             # Serving starts before the first loads: while they run, every request gets a
             # prompt 503 "starting" (health says so), never a connection left unanswered.
+            def reload(peer: dict[str, object]) -> Awaitable[ReloadOutcome]:
+                return reloader.reload(peer)
+
             app = Application(
-                config, manager, rejections=rejections, tokens=tokens, metrics=metrics
+                config,
+                manager,
+                rejections=rejections,
+                tokens=tokens,
+                metrics=metrics,
+                reload=reload if config.path is not None else None,
             )
-            limits = Limits(
-                max_header_bytes=config.server.max_header_bytes,
-                max_body_bytes=config.server.max_body_bytes,
-                read_timeout_s=config.server.read_timeout.total_seconds(),
-                idle_timeout_s=config.server.idle_timeout.total_seconds(),
-                write_timeout_s=config.server.write_timeout.total_seconds(),
+            running = Running(
+                config,
+                sources,
+                manager,
+                app,
+                tokens,
+                metrics,
+                tracker,
+                limits_for(config.server),
+                self._set_log_level,
             )
+            reloader = Reloader(running, notifier, lambda: status_line(manager))
+            self._install_signal_handlers(reloader)
             # create_unix_server listens again; without the backlog it would cut it to 100.
             server = await loop.create_unix_server(
-                lambda: HttpProtocol(app.handle, limits, tracker, rejections),
+                lambda: HttpProtocol(app.handle, running.limits, tracker, rejections),
                 sock=sock,
                 backlog=config.server.backlog,
             )
@@ -144,6 +161,7 @@ class Server:
                     environments=sorted(config.environments),
                 )
                 notifier.send("READY=1", f"STATUS={status_line(manager)}")
+                reloader.started()
                 watchdog = (
                     Watchdog(
                         loop,
@@ -157,7 +175,7 @@ class Server:
                 if watchdog is not None:
                     watchdog.cancel()
             notifier.send("STOPPING=1", "STATUS=stopping")
-            deadline = loop.time() + config.server.shutdown_timeout.total_seconds()
+            deadline = loop.time() + running.config.server.shutdown_timeout.total_seconds()
             self._log.info("daemon.stopping", open_connections=len(tracker.connections))
             server.close()
             if scrapes is not None:
@@ -205,11 +223,11 @@ class Server:
         await asyncio.gather(start, return_exceptions=True)
         return False
 
-    def _install_signal_handlers(self, manager: KeyManager) -> None:
+    def _install_signal_handlers(self, reloader: Reloader) -> None:
         loop = asyncio.get_running_loop()
         for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
-        loop.add_signal_handler(signal.SIGHUP, lambda: manager.check_soon(Trigger.SIGNAL))
+        loop.add_signal_handler(signal.SIGHUP, reloader.reload_soon)
         for sig in IGNORED_SIGNALS:
             loop.add_signal_handler(sig, self._on_ignored_signal, sig)
 

@@ -147,6 +147,19 @@ class TokenBroker:
         state = self._states.get(environment)
         return state is not None and state.last_error is not None
 
+    def reconfigure(self, environments: Mapping[str, EnvironmentConfig]) -> None:
+        """A reload: environments gone or with new V3 settings lose their token and state."""
+        wanted = {n: e for n, e in environments.items() if e.smileid is not None}
+        for name in list(self._states):
+            if name not in wanted or wanted[name].smileid != self._environments[name].smileid:
+                state = self._states.pop(name)
+                if state.refresh_timer is not None:
+                    state.refresh_timer.cancel()
+                self._store.drop_token(name)
+        self._environments = wanted
+        for name in wanted:
+            self._states.setdefault(name, _State())
+
     def stop(self) -> None:
         for state in self._states.values():
             if state.refresh_timer is not None:
@@ -176,6 +189,8 @@ class TokenBroker:
         try:
             held = await self._mint(environment, trigger)
         except SmileIdError as exc:
+            if self._states.get(environment) is not state:
+                raise  # a reload replaced these settings: nothing to retry
             state.failures += 1
             state.last_error, state.last_error_at = exc, self._clock()
             state.quiet_until = self._clock() + _RETRY.delay(state.failures, self._rng)
@@ -189,6 +204,8 @@ class TokenBroker:
             )
             self._retry_later(environment)
             raise
+        if self._states.get(environment) is not state:
+            return held  # minted with settings a reload replaced: for this waiter only
         state.failures, state.last_error = 0, None
         self._log.info(
             "token.refreshed",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from dataclasses import replace
 from datetime import UTC, datetime
 from types import MappingProxyType
 
@@ -14,6 +15,7 @@ from sidkeyd.app import Application
 from sidkeyd.config import Config, EnvironmentConfig, FileSourceConfig
 from sidkeyd.http import Request, Response
 from sidkeyd.peer import Peer
+from sidkeyd.policy import AccessPolicy
 from sidkeyd.signing import TimestampClock, compute_signature
 from support.engine import make_manager
 from support.fakes import FakeSource
@@ -177,3 +179,32 @@ def test_a_null_environment_in_refresh_refreshes_every_environment(app) -> None:
     """refresh's optional environment as null is a refresh of all of them."""
     status, body = call(app, "POST", "/v1/refresh", {"environment": None})
     assert (200, ["sandbox"]) == (status, [r["environment"] for r in body["results"]])
+
+
+def test_reload_is_refused_to_a_non_admin_before_anything_is_read(app) -> None:
+    """A stranger's POST /v1/reload: 403 forbidden (no reload callable is even needed)."""
+    assert (403, "forbidden") == _code(call(app, "POST", "/v1/reload", b"", peer=STRANGER))
+
+
+def test_reload_without_a_config_file_is_a_precise_409(app) -> None:
+    """An Application built without a reload (no config file): 409 reload_unavailable."""
+    assert (409, "reload_unavailable") == _code(call(app, "POST", "/v1/reload", b""))
+
+
+def test_reconfigure_swaps_the_policies_in_one_step(app) -> None:
+    """sandbox now allows only uid 4242: the admin peer is refused, the stranger signs."""
+    application, _ = app
+    env = EnvironmentConfig(
+        name="sandbox",
+        source="fake",
+        secret="smileid/sandbox",
+        partner_id="085",
+        allow=AccessPolicy(uids=frozenset({4242})),
+    )
+    application.reconfigure(replace(Config(), environments=MappingProxyType({"sandbox": env})))
+    sign = ("POST", "/v1/sign", {"environment": "sandbox"})
+    assert (403, 200) == (call(app, *sign)[0], call(app, *sign, peer=STRANGER)[0])
+
+
+def _code(answer: tuple[int, dict]) -> tuple[int, str]:
+    return answer[0], answer[1]["error"]["code"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from datetime import timedelta
 from pathlib import Path
@@ -334,3 +335,27 @@ def test_metrics_listen_must_be_loopback_unless_allowed() -> None:
     assert "metrics.listen" in problems(MINIMAL + '\n[metrics]\nlisten = "0.0.0.0:9464"\n')
     allowed = parse(MINIMAL + '\n[metrics]\nlisten = "0.0.0.0:9464"\nallow_remote = true\n')
     assert ("0.0.0.0", 9464) == allowed.metrics.listen
+
+
+def test_a_config_larger_than_the_bound_is_refused_unread(tmp_path: Path) -> None:
+    """A file over MAX_CONFIG_BYTES (a runaway file behind a reload) is one (file) problem."""
+    from sidkeyd.config_loader import MAX_CONFIG_BYTES
+
+    path = tmp_path / "sidkeyd.toml"
+    path.write_text(MINIMAL + "#" * MAX_CONFIG_BYTES)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert [("(file)", f"{path} is larger than {MAX_CONFIG_BYTES} bytes")] == [
+        (p.key, p.reason) for p in caught.value.problems
+    ]
+
+
+def test_a_fifo_as_config_is_refused_without_blocking(tmp_path: Path) -> None:
+    """A named pipe with no writer is not a regular file: refused, not waited on."""
+    path = tmp_path / "sidkeyd.toml"
+    os.mkfifo(path)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert [("(file)", f"{path} is not a regular file")] == [
+        (p.key, p.reason) for p in caught.value.problems
+    ]

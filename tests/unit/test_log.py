@@ -125,3 +125,21 @@ def test_lines_elsewhere_have_no_prefix() -> None:
         writes_to_journal(stream, {}),
         writes_to_journal(stream, {"JOURNAL_STREAM": "1:2"}),
     )
+
+
+def test_set_log_level_reaches_a_logger_already_in_use() -> None:
+    """A logger that logged at info drops debug, then after set_log_level("debug") writes it."""
+    from sidkeyd.log import set_log_level
+
+    stream = io.StringIO()
+    configure_logging(LogConfig(format="json", level="info"), list, stream)
+    log = get_logger()
+    log.info("first")
+    log.debug("hidden")
+    set_log_level("debug")
+    log.debug("shown")
+    set_log_level("info")
+    log.debug("hidden again")
+    assert ["first", "shown"] == [
+        json.loads(line)["event"] for line in stream.getvalue().splitlines()
+    ]

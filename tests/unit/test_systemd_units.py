@@ -62,3 +62,13 @@ def test_the_service_is_type_notify_with_a_watchdog() -> None:
         line for line in text.splitlines() if line.startswith(("Type=", "NotifyAccess="))
     ]
     assert re.search(r"^WatchdogSec=\d+s$", text, re.MULTILINE)
+
+
+def test_reload_runs_sidkeyd_reload_on_the_service_socket() -> None:
+    """ExecReload waits for the reload and fails when it is refused (not a bare kill -HUP)."""
+    text = (UNITS / "sidkeyd.service").read_text()
+    socket = re.search(r"^ListenStream=(.+)$", (UNITS / "sidkeyd.socket").read_text(), re.M)
+    assert socket is not None
+    assert [f"ExecReload=/usr/local/bin/sidkeyd reload --socket {socket.group(1)}"] == re.findall(
+        r"^ExecReload=.*$", text, re.M
+    )

@@ -1,8 +1,9 @@
-"""The routes about the daemon itself: refresh (admins), status (reduced for others), health."""
+"""The routes about the daemon itself: refresh and reload (admins), status (reduced for others),
+health."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -12,9 +13,13 @@ from sidkeyd.freshness import Health, Trigger
 from sidkeyd.http import Request, Response, json_response
 from sidkeyd.metrics import CONTENT_TYPE, NO_METRICS, Metrics
 from sidkeyd.policy import AccessPolicy
+from sidkeyd.reload_plan import ReloadOutcome
 from sidkeyd.status import EnvironmentStatus
 from sidkeyd.tokens import TokenBroker
 from sidkeyd.validation import parse_fields
+
+# Re-read the config file and apply it (``reloading.Reloader.reload``), given the peer's fields.
+Reload = Callable[[dict[str, Any]], Awaitable[ReloadOutcome]]
 
 
 class AdminRoutes:
@@ -27,6 +32,7 @@ class AdminRoutes:
         *,
         metrics: Metrics = NO_METRICS,
         readers: AccessPolicy | None = None,
+        reload: Reload | None = None,
     ) -> None:
         self._engine = engine
         self._gate = gate
@@ -34,6 +40,7 @@ class AdminRoutes:
         self._tokens = tokens
         self._metrics = metrics
         self._readers = readers
+        self._reload = reload
 
     def refresh(self, request: Request) -> Awaitable[Response]:
         if not self._admin.permits(request.peer):
@@ -61,6 +68,20 @@ class AdminRoutes:
                 }
             )
         return json_response(200, {"results": results})
+
+    def reload(self, request: Request) -> Awaitable[Response]:
+        """Re-read the config file the daemon started with; 200, or 422/409 naming problems."""
+        if not self._admin.permits(request.peer):
+            raise BadRequest("forbidden", "reload is for admin peers only", status=403)
+        if self._reload is None:
+            raise BadRequest("reload_unavailable", "this daemon has no config file to reload", 409)
+        parse_fields(request.body, required=(), optional=(), allow_empty=True)
+        return self._reloaded(self._reload, request)
+
+    async def _reloaded(self, reload: Reload, request: Request) -> Response:
+        outcome = await reload(dict(request.peer.log_fields()))
+        status = 200 if outcome.ok else 422 if outcome.code == "config_invalid" else 409
+        return json_response(status, outcome.to_json())
 
     def status(self, request: Request) -> Response:
         detailed = self._admin.permits(request.peer)

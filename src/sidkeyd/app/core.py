@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sidkeyd.app.access import Engine, EnvironmentGate
-from sidkeyd.app.admin_routes import AdminRoutes
+from sidkeyd.app.admin_routes import AdminRoutes, Reload
 from sidkeyd.app.key_routes import SigningRoutes
 from sidkeyd.app.token_routes import TokenRoutes
 from sidkeyd.config import Config
@@ -34,45 +34,68 @@ class Application:
         rejections: RejectionLog | None = None,
         tokens: TokenBroker | None = None,
         metrics: Metrics = NO_METRICS,
+        reload: Reload | None = None,
     ) -> None:
         self._log = get_logger()
         self.rejections = rejections or RejectionLog(self._log)
+        self._engine = engine
+        self._clock = clock or TimestampClock()
+        self._now = now
+        self._tokens = tokens
+        self._metrics = metrics
+        self._reload = reload
+        self._limiter: tuple[tuple[float, int], RateLimiter | None] | None = None
+        self._routes = self._routes_for(config)
+
+    def reconfigure(self, config: Config) -> None:
+        """A reload's policies and limits, in one swap: a request sees the old routes or the new."""
+        self._routes = self._routes_for(config)
+
+    def _routes_for(self, config: Config) -> dict[str, dict[str, Callable[[Request], Result]]]:
+        engine, tokens, metrics = self._engine, self._tokens, self._metrics
         gate = EnvironmentGate(engine, {n: env.allow for n, env in config.environments.items()})
         server = config.server
-        limiter = (
-            RateLimiter(
-                server.sign_rate_limit,
-                server.sign_rate_burst or max(1, int(server.sign_rate_limit)),
-            )
-            if server.sign_rate_limit > 0
-            else None
-        )
         token_routes = TokenRoutes(tokens, gate, metrics) if tokens is not None else None
         signing = SigningRoutes(
             engine,
             gate,
-            clock=clock or TimestampClock(),
-            now=now,
+            clock=self._clock,
+            now=self._now,
             skew=server.timestamp_skew,
-            limiter=limiter,
+            limiter=self._rate_limiter(server.sign_rate_limit, server.sign_rate_burst),
             token_refused=token_routes.refused if token_routes else None,
             metrics=metrics,
         )
         admin = AdminRoutes(
-            engine, gate, config.admin, tokens, metrics=metrics, readers=config.metrics.readers
+            engine,
+            gate,
+            config.admin,
+            tokens,
+            metrics=metrics,
+            readers=config.metrics.readers,
+            reload=self._reload,
         )
-        self._routes: dict[str, dict[str, Callable[[Request], Result]]] = {
+        routes: dict[str, dict[str, Callable[[Request], Result]]] = {
             "/v1/sign": {"POST": signing.sign},
             "/v1/verify": {"POST": signing.verify},
             "/v1/report": {"POST": signing.report},
             "/v1/refresh": {"POST": admin.refresh},
+            "/v1/reload": {"POST": admin.reload},
             # HEAD is the GET without its body (the transport leaves the body out).
             "/v1/status": {"GET": admin.status, "HEAD": admin.status},
             "/v1/health": {"GET": admin.health, "HEAD": admin.health},
             "/metrics": {"GET": admin.metrics},
         }
         if token_routes is not None:
-            self._routes["/v1/token"] = {"POST": token_routes.token}
+            routes["/v1/token"] = {"POST": token_routes.token}
+        return routes
+
+    def _rate_limiter(self, rate: float, burst: int) -> RateLimiter | None:
+        """The signing limiter; a reload that leaves its settings alone keeps its buckets."""
+        if self._limiter is None or self._limiter[0] != (rate, burst):
+            limiter = RateLimiter(rate, burst or max(1, int(rate))) if rate > 0 else None
+            self._limiter = ((rate, burst), limiter)
+        return self._limiter[1]
 
     def handle(self, request: Request) -> Result:
         methods = self._routes.get(request.path)

@@ -1,0 +1,169 @@
+"""Config reload (SIGHUP, ``POST /v1/reload``): re-read the file, validate, plan, swap, re-check.
+
+One reload at a time: a second waits for the first, and SIGHUPs that arrive while one is
+waiting fold into it. The file is read and new sources are built off the event loop; the swap
+(``apply``) is one synchronous step on it, so no request sees half of two configs. An invalid
+file or a change that needs a restart changes nothing. Every environment is then checked:
+those kept keep their key and get a version check (no read of the secret unless it moved),
+the added and changed ones are read as at start-up.
+
+systemd hears ``RELOADING=1`` (with ``MONOTONIC_USEC``) when a reload starts and ``READY=1``
+when it ends, whatever the outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sidkeyd.app import Application
+from sidkeyd.config import Config, ServerConfig
+from sidkeyd.config_loader import load_config
+from sidkeyd.connections import ConnectionTracker, Limits
+from sidkeyd.errors import ConfigError, ConfigProblem
+from sidkeyd.freshness import Trigger
+from sidkeyd.log import get_logger
+from sidkeyd.metrics import Metrics
+from sidkeyd.notify import Notifier
+from sidkeyd.reload_plan import ReloadOutcome, ReloadPlan, plan_reload
+from sidkeyd.rotation import KeyManager
+from sidkeyd.sources import Source, build_source
+from sidkeyd.tokens import TokenBroker
+
+
+def limits_for(server: ServerConfig) -> Limits:
+    return Limits(
+        max_header_bytes=server.max_header_bytes,
+        max_body_bytes=server.max_body_bytes,
+        read_timeout_s=server.read_timeout.total_seconds(),
+        idle_timeout_s=server.idle_timeout.total_seconds(),
+        write_timeout_s=server.write_timeout.total_seconds(),
+    )
+
+
+@dataclass
+class Running:
+    """What holds the config in a running daemon: the one object a reload swaps into."""
+
+    config: Config
+    sources: Mapping[str, Source]
+    manager: KeyManager
+    app: Application
+    tokens: TokenBroker
+    metrics: Metrics
+    tracker: ConnectionTracker
+    limits: Limits  # for connections accepted from now on
+    set_log_level: Callable[[str], None]
+
+
+def apply(running: Running, new: Config, plan: ReloadPlan, sources: Mapping[str, Source]) -> None:
+    """Swap ``new`` in. Synchronous: nothing runs on the loop between two of these lines."""
+    running.manager.reconfigure(new.environments, sources, list(plan.changed))
+    running.tokens.reconfigure(new.environments)
+    running.metrics.track(new.environments)
+    running.app.reconfigure(new)
+    running.tracker.max_connections = new.server.max_connections
+    running.tracker.max_connections_per_uid = new.server.max_connections_per_uid
+    running.limits = limits_for(new.server)
+    if plan.log_level is not None:
+        running.set_log_level(new.log.level)
+    running.config, running.sources = new, sources
+
+
+class Reloader:
+    def __init__(self, running: Running, notifier: Notifier, status: Callable[[], str]) -> None:
+        self._running = running
+        self._path = running.config.path
+        self._notifier = notifier
+        self._status = status
+        self._lock = asyncio.Lock()
+        self._started = asyncio.Event()  # no reload while the first loads run
+        self._queued = False  # a SIGHUP's reload waits for the lock
+        self._background: set[asyncio.Future[ReloadOutcome]] = set()
+        self._log = get_logger()
+
+    @property
+    def available(self) -> bool:
+        return self._path is not None
+
+    def started(self) -> None:
+        self._started.set()
+
+    def reload_soon(self) -> None:
+        """SIGHUP: reload in the background; one already waiting to start covers this one."""
+        if self._queued:
+            return
+        self._queued = True
+        task = asyncio.ensure_future(self.reload({}, trigger=Trigger.SIGNAL, queued=True))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def reload(
+        self, peer: dict[str, Any], *, trigger: Trigger = Trigger.RELOAD, queued: bool = False
+    ) -> ReloadOutcome:
+        """Re-read the file and apply it, or change nothing and say why."""
+        await self._started.wait()
+        async with self._lock:
+            if queued:
+                self._queued = False  # a SIGHUP from now on needs a reload of its own
+            monotonic_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            self._notifier.send(
+                "RELOADING=1", f"MONOTONIC_USEC={monotonic_usec}", "STATUS=reloading the config"
+            )
+            try:
+                outcome = await self._reload(trigger, peer)
+            finally:
+                self._notifier.send("READY=1", f"STATUS={self._status()}")
+        return outcome
+
+    async def _reload(self, trigger: Trigger, peer: dict[str, Any]) -> ReloadOutcome:
+        running = self._running
+        if self._path is None:
+            return self._failed(trigger, peer, "config_invalid", [_NO_FILE])
+        self._log.info("config.reload_started", trigger=trigger, path=str(self._path), **peer)
+        try:
+            new = await asyncio.to_thread(load_config, self._path)
+        except ConfigError as exc:
+            return self._failed(trigger, peer, "config_invalid", exc.problems)
+        plan = plan_reload(running.config, new)
+        if plan.refused:
+            return self._failed(trigger, peer, "restart_required", plan.restart_required)
+        try:
+            sources = await asyncio.to_thread(self._sources_for, new, plan)
+        except Exception as exc:  # a source that cannot be built is a bad config
+            problem = ConfigProblem("sources", f"cannot set up a source: {type(exc).__name__}")
+            return self._failed(trigger, peer, "config_invalid", [problem])
+        apply(running, new, plan, sources)
+        self._log.info("config.reloaded", trigger=trigger, **plan.summary(), **peer)
+        for warning in new.warnings():
+            self._log.warning("config.warning", message=warning)
+        running.manager.check_soon(trigger, force=False)
+        return ReloadOutcome("reloaded", plan)
+
+    def _sources_for(self, new: Config, plan: ReloadPlan) -> dict[str, Source]:
+        """The sources of ``new``: the unchanged ones as they are, the others built anew."""
+        fresh = set(plan.sources_added) | set(plan.sources_changed)
+        return {
+            name: build_source(config) if name in fresh else self._running.sources[name]
+            for name, config in new.sources.items()
+        }
+
+    def _failed(
+        self, trigger: Trigger, peer: dict[str, Any], code: str, problems: Any
+    ) -> ReloadOutcome:
+        outcome = ReloadOutcome(code, problems=tuple(problems))
+        self._log.error(
+            "config.reload_failed",
+            trigger=trigger,
+            path=str(self._path),
+            code=code,
+            problems=[str(p) for p in outcome.problems],
+            **peer,
+        )
+        return outcome
+
+
+_NO_FILE = ConfigProblem("(file)", "the daemon was not started with a config file")
