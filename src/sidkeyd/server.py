@@ -19,11 +19,12 @@ from collections.abc import Callable, Mapping
 
 from sidkeyd import __version__
 from sidkeyd.app import Application
+from sidkeyd.audit import AuditTrail
 from sidkeyd.config import Config
 from sidkeyd.connections import ConnectionTracker, Limits
 from sidkeyd.freshness import Trigger
 from sidkeyd.keystore import KeyStore
-from sidkeyd.log import get_logger
+from sidkeyd.log import get_logger, stdout_outlet
 from sidkeyd.metrics import NO_METRICS, Metrics
 from sidkeyd.metrics_listener import serve_metrics
 from sidkeyd.notify import Notifier, Watchdog
@@ -110,7 +111,8 @@ class Server:
         manager.observe_checks(metrics.checked)
         rejections = RejectionLog(self._log, schedule=loop.call_later, counted=metrics.rejected)
         tokens = TokenBroker(config.environments, manager, self.store)
-        self._install_signal_handlers(manager)
+        audit = self._audit_trail(config)
+        self._install_signal_handlers(manager, audit)
         notifier = Notifier()
         notifier.send(f"STATUS=starting: checking {len(config.environments)} environment(s)")
         deadline: float | None = None  # set when the shutdown starts
@@ -118,7 +120,7 @@ class Server:
             # Serving starts before the first loads: while they run, every request gets a
             # prompt 503 "starting" (health says so), never a connection left unanswered.
             app = Application(
-                config, manager, rejections=rejections, tokens=tokens, metrics=metrics
+                config, manager, rejections=rejections, tokens=tokens, metrics=metrics, audit=audit
             )
             limits = Limits(
                 max_header_bytes=config.server.max_header_bytes,
@@ -178,8 +180,20 @@ class Server:
             tokens.stop()
             await manager.stop(max(0.0, deadline - loop.time()))
             rejections.flush(everything=True)
+            if audit is not None:
+                audit.close()
             notifier.close()
             self._log.info("daemon.stopped")
+
+    def _audit_trail(self, config: Config) -> AuditTrail | None:
+        if not config.audit.enabled:
+            return None
+        stdout = stdout_outlet() if config.audit.stdout else None
+        trail = AuditTrail(
+            config.audit, self.store.secrets, stdout=stdout, origin=f"unix:{config.server.socket}"
+        )
+        trail.start()
+        return trail
 
     async def _metrics_listener(self, config: Config, metrics: Metrics) -> asyncio.Server | None:
         if config.metrics.listen is None or not config.metrics.enabled:
@@ -205,11 +219,17 @@ class Server:
         await asyncio.gather(start, return_exceptions=True)
         return False
 
-    def _install_signal_handlers(self, manager: KeyManager) -> None:
+    def _install_signal_handlers(self, manager: KeyManager, audit: AuditTrail | None) -> None:
         loop = asyncio.get_running_loop()
         for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
-        loop.add_signal_handler(signal.SIGHUP, lambda: manager.check_soon(Trigger.SIGNAL))
+
+        def on_sighup() -> None:
+            if audit is not None:
+                audit.reopen()  # logrotate moved the file
+            manager.check_soon(Trigger.SIGNAL)
+
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
         for sig in IGNORED_SIGNALS:
             loop.add_signal_handler(sig, self._on_ignored_signal, sig)
 

@@ -334,3 +334,45 @@ def test_metrics_listen_must_be_loopback_unless_allowed() -> None:
     assert "metrics.listen" in problems(MINIMAL + '\n[metrics]\nlisten = "0.0.0.0:9464"\n')
     allowed = parse(MINIMAL + '\n[metrics]\nlisten = "0.0.0.0:9464"\nallow_remote = true\n')
     assert ("0.0.0.0", 9464) == allowed.metrics.listen
+
+
+def test_audit_is_off_by_default_and_fails_closed_when_on() -> None:
+    """No [audit]: no trail; once on, refuse on failure, fsync every second, 500ms wait."""
+    default = parse(MINIMAL).audit
+    on = parse(MINIMAL + '\n[audit]\npath = "audit.jsonl"\n').audit
+    assert (False, True) == (default.enabled, on.enabled)
+    assert (Path("/etc/sidkeyd/audit.jsonl"), "refuse", "interval") == (
+        on.path,
+        on.on_audit_failure,
+        on.fsync,
+    )
+    assert (timedelta(seconds=1), timedelta(milliseconds=500)) == (
+        on.fsync_interval,
+        on.write_timeout,
+    )
+
+
+def test_audit_settings_are_read() -> None:
+    """stdout, on_audit_failure, fsync and the durations take valid values."""
+    audit = parse(
+        MINIMAL + '\n[audit]\nstdout = true\non_audit_failure = "continue"\nfsync = "always"\n'
+        'write_timeout = "2s"\nfsync_interval = "250ms"\n'
+    ).audit
+    assert (True, "continue", "always", timedelta(seconds=2), timedelta(milliseconds=250)) == (
+        audit.stdout,
+        audit.on_audit_failure,
+        audit.fsync,
+        audit.write_timeout,
+        audit.fsync_interval,
+    )
+
+
+def test_invalid_audit_settings_are_named_with_their_path() -> None:
+    """A bad choice, a duration without unit and two sinks at once are problems."""
+    found = problems(
+        MINIMAL + '\n[audit]\npath = "a.jsonl"\nstdout = true\nfsync = "sometimes"\n'
+        'write_timeout = "5"\non_audit_failure = "ignore"\n'
+    )
+    assert {"audit.stdout", "audit.fsync", "audit.write_timeout", "audit.on_audit_failure"} == (
+        set(found)
+    )

@@ -10,6 +10,7 @@ from sidkeyd.app.access import Engine, EnvironmentGate
 from sidkeyd.app.admin_routes import AdminRoutes
 from sidkeyd.app.key_routes import SigningRoutes
 from sidkeyd.app.token_routes import TokenRoutes
+from sidkeyd.audit import AuditTrail
 from sidkeyd.config import Config
 from sidkeyd.errors import KeyUnavailableError, RequestError
 from sidkeyd.http import Request, Response, error_response
@@ -34,8 +35,10 @@ class Application:
         rejections: RejectionLog | None = None,
         tokens: TokenBroker | None = None,
         metrics: Metrics = NO_METRICS,
+        audit: AuditTrail | None = None,
     ) -> None:
         self._log = get_logger()
+        self._audit = audit
         self.rejections = rejections or RejectionLog(self._log)
         gate = EnvironmentGate(engine, {n: env.allow for n, env in config.environments.items()})
         server = config.server
@@ -47,7 +50,7 @@ class Application:
             if server.sign_rate_limit > 0
             else None
         )
-        token_routes = TokenRoutes(tokens, gate, metrics) if tokens is not None else None
+        token_routes = TokenRoutes(tokens, gate, metrics, audit) if tokens is not None else None
         signing = SigningRoutes(
             engine,
             gate,
@@ -57,9 +60,16 @@ class Application:
             limiter=limiter,
             token_refused=token_routes.refused if token_routes else None,
             metrics=metrics,
+            audit=audit,
         )
         admin = AdminRoutes(
-            engine, gate, config.admin, tokens, metrics=metrics, readers=config.metrics.readers
+            engine,
+            gate,
+            config.admin,
+            tokens,
+            metrics=metrics,
+            readers=config.metrics.readers,
+            audit=audit,
         )
         self._routes: dict[str, dict[str, Callable[[Request], Result]]] = {
             "/v1/sign": {"POST": signing.sign},
@@ -118,6 +128,8 @@ class Application:
         return error_response(status, code, message, **kw)
 
     def _log_rejection(self, request: Request, status: int, reason: str) -> None:
+        if self._audit is not None:
+            self._audit.refused(status, reason, request.path, request.peer)
         self.rejections.reject(
             status,
             reason,
