@@ -88,8 +88,10 @@ class AuditTrail:
         *,
         stdout: LineOutlet | None = None,
         origin: str = "",
+        counted: Callable[[str], None] = lambda _reason: None,
     ) -> None:
         self.config = config
+        self._counted = counted  # the metric of records not written
         self._secrets = secrets
         self._stdout = stdout
         self._log = get_logger()
@@ -177,13 +179,20 @@ class AuditTrail:
         )
 
     def signature_verified(
-        self, environment: str, key_version: str, valid: bool, signed_timestamp: str, peer: Peer
+        self,
+        environment: str,
+        key_version: str,
+        valid: bool,
+        signed_timestamp: str,
+        peer: Peer,
+        *,
+        rechecked: bool = False,
     ) -> Line | None:
         result = "valid" if valid else "invalid"
         return self.record(
             "signature.verified",
             f',"result":"{result}","environment":{_quote(environment)}'
-            f',"key_version":{_quote(key_version)}'
+            f',"key_version":{_quote(key_version)},"rechecked":{"true" if rechecked else "false"}'
             f',"signed_timestamp":{_quote(self._untrusted(signed_timestamp))}' + self._peer(peer),
         )
 
@@ -217,7 +226,7 @@ class AuditTrail:
         try:
             line = self.outlet.commit(build, self._rolled_back)
         except WriteFailed as exc:
-            self.failures += 1
+            self._failed(exc.reason)
             if must and self._refuse:
                 raise AuditUnavailable(exc.reason) from None
             self._log.error("audit.record_lost", audit_event=event, reason=exc.reason)
@@ -228,6 +237,10 @@ class AuditTrail:
             return self._synced_line()
         return line
 
+    def _failed(self, reason: str) -> None:
+        self.failures += 1
+        self._counted(reason)
+
     def _rolled_back(self) -> None:
         self._seq, self._chain = self._before
 
@@ -237,10 +250,10 @@ class AuditTrail:
         try:
             await asyncio.wait_for(asyncio.shield(line.done), self._timeout_s)
         except WriteFailed as exc:
-            self.failures += 1
+            self._failed(exc.reason)
             raise AuditUnavailable(exc.reason) from None
         except TimeoutError:
-            self.failures += 1
+            self._failed("sink_blocked")
             if not self.outlet.withdraw(line):
                 self._void(line)
             raise AuditUnavailable("sink_blocked") from None

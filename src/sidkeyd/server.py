@@ -111,7 +111,7 @@ class Server:
         manager.observe_checks(metrics.checked)
         rejections = RejectionLog(self._log, schedule=loop.call_later, counted=metrics.rejected)
         tokens = TokenBroker(config.environments, manager, self.store)
-        audit = self._audit_trail(config)
+        audit = self._audit_trail(config, metrics)
         self._install_signal_handlers(manager, audit)
         notifier = Notifier()
         notifier.send(f"STATUS=starting: checking {len(config.environments)} environment(s)")
@@ -185,12 +185,15 @@ class Server:
             notifier.close()
             self._log.info("daemon.stopped")
 
-    def _audit_trail(self, config: Config) -> AuditTrail | None:
+    def _audit_trail(self, config: Config, metrics: Metrics) -> AuditTrail | None:
         if not config.audit.enabled:
             return None
-        stdout = stdout_outlet() if config.audit.stdout else None
         trail = AuditTrail(
-            config.audit, self.store.secrets, stdout=stdout, origin=f"unix:{config.server.socket}"
+            config.audit,
+            self.store.secrets,
+            stdout=stdout_outlet() if config.audit.stdout else None,
+            origin=f"unix:{config.server.socket}",
+            counted=metrics.audit_failed,
         )
         trail.start()
         return trail

@@ -183,3 +183,21 @@ def test_a_blocked_sink_refuses_after_the_write_timeout_and_leaves_no_record(
     assert b"signature.issued" not in rest
     os.close(read_end)
     os.close(write_end)
+
+
+def test_fsync_always_releases_each_answer_after_a_shared_fdatasync(tmp_path: Path) -> None:
+    """Group commit: records written in one loop turn wait for one fdatasync, then go."""
+    path = tmp_path / "audit.jsonl"
+    trail = AuditTrail(AuditConfig(path=path, fsync="always"), lambda: ())
+
+    async def scenario() -> list[str]:
+        lines = [
+            trail.signature_issued("sandbox", "v1", f"2026-12-01T10:00:0{n}.000Z", PEER)
+            for n in range(3)
+        ]
+        waiting = [line for line in lines if line is not None]
+        assert 3 == len(waiting)
+        return list(await asyncio.gather(*(trail.released(line, "ok") for line in waiting)))
+
+    assert ["ok", "ok", "ok"] == asyncio.run(scenario())
+    assert 3 == len(records(path))

@@ -158,8 +158,9 @@ class SigningRoutes:
         )
         if self._audit is not None:
             version = matched.version if matched else current.version
+            valid = matched is not None
             record = self._audit.signature_verified(
-                environment, version, matched is not None, timestamp, request.peer
+                environment, version, valid, timestamp, request.peer, rechecked=rechecked
             )
             return answer if record is None else self._audit.released(record, answer)
         self._log.info(

@@ -202,6 +202,9 @@ def test_audit_on_a_closed_stdout_refuses_at_once_and_health_says_why(piped) -> 
         assert (503, "audit_unavailable") == (caught.value.status, caught.value.code)
     healthy, health = health_of(client)
     assert (False, {"status": "failing", "reason": "EPIPE"}) == (healthy, health["audit"])
+    metrics = daemon.layout.raw(b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert b'sidkeyd_audit_write_failures_total{reason="EPIPE"}' in metrics
+    assert b'sidkeyd_requests_rejected_total{reason="audit_unavailable"} 5.0' in metrics
     client.close()
     assert 0 == daemon.terminate_within(PROMPT_S * 2)
 
@@ -280,3 +283,23 @@ def test_the_operational_log_on_a_pipe_nobody_reads_never_freezes_the_daemon(pip
     daemon.read_until(b'"log.lines_dropped"')
     client.close()
     assert 0 == daemon.terminate_within(PROMPT_S * 2)
+
+
+def test_sighup_reopens_the_file_and_the_chain_continues_into_it(start_daemon, tmp_path) -> None:
+    """logrotate: the file moved, SIGHUP; the new file starts with audit.reopened chained to
+    the old file's last record, and signatures are recorded there."""
+    path = tmp_path / "audit.jsonl"
+    daemon = start_daemon(file_config(sections=f'[audit]\npath = "{path}"\n'), files=key_file(KEY))
+    client = daemon.client()
+    client.sign("sandbox")
+    path.rename(tmp_path / "audit.jsonl.1")
+    daemon.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while not (path.exists() and b"audit.reopened" in path.read_bytes()):
+        assert time.monotonic() < deadline, "no audit.reopened in the new file"
+        time.sleep(0.02)
+    signed = client.sign("sandbox")
+    old, new = audit_records(tmp_path / "audit.jsonl.1"), audit_records(path)
+    assert ["audit.opened", "signature.issued"] == [r["event"] for r in old]
+    assert (old[-1]["seq"] + 1, "audit.reopened") == (new[0]["seq"], new[0]["event"])
+    assert signed["timestamp"] == new[1]["signed_timestamp"]
