@@ -107,6 +107,8 @@ class AuditTrail:
         self._refuse = config.on_audit_failure == "refuse"
         self._synced = 0
         self._sync_task: asyncio.TimerHandle | None = None
+        self._checkpoint_task: asyncio.TimerHandle | None = None
+        self._checkpointed = -1
         self._waiting_sync: list[Line] = []
         self._syncing = False
         self.failures = 0  # records that could not be written
@@ -143,11 +145,14 @@ class AuditTrail:
         self.record("audit.opened", f',"result":"ok","version":{_quote(__version__)}', must=False)
         if self.config.fsync == "interval" and self.config.path is not None:
             self._schedule_sync()
+        self._schedule_checkpoint()
 
     def close(self) -> None:
         self.record("audit.closed", ',"result":"ok"', must=False)
-        if self._sync_task is not None:
-            self._sync_task.cancel()
+        self.checkpoint()
+        for task in (self._sync_task, self._checkpoint_task):
+            if task is not None:
+                task.cancel()
         if self.config.path is not None:
             with contextlib.suppress(OSError):
                 os.fdatasync(self.outlet.fd)
@@ -263,6 +268,27 @@ class AuditTrail:
         data = line.data or b""
         seq = data[len(b'{"seq":') : data.index(b",")].decode() if data else "null"
         self.record("audit.voided", f',"result":"voided","voided_seq":{seq}', must=False)
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def checkpoint(self) -> None:
+        """The chain head, in the trail and in the operational log, where a rewrite of the
+        file cannot reach it (the journal): ``audit verify --checkpoint SEQ:CHAIN``."""
+        if self._seq == self._checkpointed:
+            return
+        self.record("audit.checkpoint", ',"result":"ok"', must=False)
+        self._checkpointed = self._seq
+        # The last record built: the checkpoint itself unless it is still queued.
+        self._log.info("audit.checkpoint", seq=self._seq, chain=self._chain)
+
+    def _schedule_checkpoint(self) -> None:
+        def run() -> None:
+            self.checkpoint()
+            self._schedule_checkpoint()
+
+        self._checkpoint_task = asyncio.get_running_loop().call_later(
+            self.config.checkpoint_interval.total_seconds(), run
+        )
 
     # -- durability ----------------------------------------------------------------------
 

@@ -104,7 +104,27 @@ def build_parser() -> argparse.ArgumentParser:
     refresh = commands.add_parser("refresh", help="check the backend now (admin)")
     refresh.add_argument("--env", help="only this environment")
     with_socket(refresh)
+    _add_audit_commands(commands)
     return parser
+
+
+def _add_audit_commands(commands: Any) -> None:
+    audit = commands.add_parser("audit", help="check or search audit trail files (docs/audit.md)")
+    tools = audit.add_subparsers(dest="audit_command", required=True, metavar="TOOL")
+    verify = tools.add_parser(
+        "verify",
+        help="exit 0 if the files' chain is whole, 1 naming the first broken record",
+        description="Recompute the chain over FILE... in the order given (oldest first) and "
+        "name the first modified, deleted, inserted, reordered or truncated record.",
+    )
+    verify.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    verify.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="SEQ:CHAIN",
+        help="an audit.checkpoint from the operational log that the files must match",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(_config_path(args))
         if args.command == "check-config":
             return _check_config(_config_path(args), online=args.online)
+        if args.command == "audit":
+            return _audit(args)
         return _client_command(args)
     except KeyboardInterrupt:
         return 130
@@ -192,6 +214,22 @@ def _serve(path: Path) -> int:
         get_logger().error("daemon.failed", reason=f"{type(exc).__name__}: {exc}")
         return EXIT_UNAVAILABLE
     return EXIT_OK
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from sidkeyd.audit_verify import parse_checkpoint, report, verify
+
+    try:
+        checkpoints = dict(parse_checkpoint(text) for text in args.checkpoint)
+        verdict = verify(args.files, checkpoints)
+    except ValueError as exc:
+        print(f"sidkeyd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as exc:
+        print(f"sidkeyd: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(report(verdict))
+    return EXIT_OK if verdict.ok else EXIT_NEGATIVE
 
 
 def _client_command(args: argparse.Namespace) -> int:

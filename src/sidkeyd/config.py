@@ -87,6 +87,8 @@ class AuditConfig:
     fsync_interval: timedelta = timedelta(seconds=1)
     # How long an answer waits for its record before it is refused (a sink nobody reads).
     write_timeout: timedelta = timedelta(milliseconds=500)
+    # An audit.checkpoint record, its seq and chain also in the operational log (the journal).
+    checkpoint_interval: timedelta = timedelta(minutes=5)
 
     @property
     def enabled(self) -> bool:

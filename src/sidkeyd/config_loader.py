@@ -180,6 +180,9 @@ def _audit(table: TomlTable) -> AuditConfig:
         write_timeout=table.duration(
             "write_timeout", d.write_timeout, minimum=timedelta(milliseconds=10)
         ),
+        checkpoint_interval=table.duration(
+            "checkpoint_interval", d.checkpoint_interval, minimum=timedelta(seconds=1)
+        ),
     )
     if config.path is not None and config.stdout:
         table.problem("stdout", "one audit sink: set path or stdout = true, not both")

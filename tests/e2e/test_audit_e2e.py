@@ -303,3 +303,57 @@ def test_sighup_reopens_the_file_and_the_chain_continues_into_it(start_daemon, t
     assert ["audit.opened", "signature.issued"] == [r["event"] for r in old]
     assert (old[-1]["seq"] + 1, "audit.reopened") == (new[0]["seq"], new[0]["event"])
     assert signed["timestamp"] == new[1]["signed_timestamp"]
+
+
+def audit_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sidkeyd", "audit", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_audit_verify_follows_the_chain_across_a_restart_and_its_logged_checkpoint(
+    start_daemon, tmp_path: Path
+) -> None:
+    """Two runs on one file form one chain (exit 0, the journal's checkpoint matches); an
+    edited record makes it exit 1 naming the line."""
+    path = tmp_path / "audit.jsonl"
+    config = file_config(sections=f'[audit]\npath = "{path}"\n')
+    for _run in range(2):
+        daemon = start_daemon(config, files=key_file(KEY))
+        daemon.client().sign("sandbox")
+        assert 0 == daemon.stop()
+    checkpoint = daemon.events("audit.checkpoint")[-1]
+    clean = audit_cli(
+        "verify", str(path), "--checkpoint", f"{checkpoint['seq']}:{checkpoint['chain']}"
+    )
+    assert (0, "ok: ") == (clean.returncode, clean.stdout[:4])
+    assert [1, 2, 3, 4, 5, 6, 7, 8] == [r["seq"] for r in audit_records(path)]
+    edited = tmp_path / "edited.jsonl"
+    edited.write_text(
+        path.read_text().replace('"environment":"sandbox"', '"environment":"prod"', 1)
+    )
+    broken = audit_cli("verify", str(edited))
+    assert 1 == broken.returncode
+    assert f"{edited}:2 (seq 2): modified" in broken.stdout
+
+
+def test_audit_verify_names_a_file_spliced_from_two_daemons(start_daemon, tmp_path: Path) -> None:
+    """Records of another daemon's trail pasted in: exit 1 at the first pasted record."""
+    files = []
+    for name in ("a", "b"):
+        path = tmp_path / f"{name}.jsonl"
+        daemon = start_daemon(
+            file_config(sections=f'[audit]\npath = "{path}"\n'), files=key_file(KEY)
+        )
+        daemon.client().sign("sandbox")
+        daemon.stop()
+        files.append(path.read_text().splitlines(keepends=True))
+    spliced = tmp_path / "spliced.jsonl"
+    spliced.write_text("".join(files[0][:2] + files[1][2:]))
+    result = audit_cli("verify", str(spliced))
+    assert 1 == result.returncode
+    assert f"{spliced}:3 (seq 3): modified" in result.stdout
