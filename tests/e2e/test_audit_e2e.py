@@ -9,6 +9,7 @@ import contextlib
 import fcntl
 import json
 import os
+import pwd
 import select
 import signal
 import subprocess
@@ -357,3 +358,42 @@ def test_audit_verify_names_a_file_spliced_from_two_daemons(start_daemon, tmp_pa
     result = audit_cli("verify", str(spliced))
     assert 1 == result.returncode
     assert f"{spliced}:3 (seq 3): modified" in result.stdout
+
+
+def test_audit_query_answers_match_the_traffic_sent(start_daemon, tmp_path: Path) -> None:
+    """Three signatures, two verifies, three refusals: the summary and the filters say so."""
+    path = tmp_path / "audit.jsonl"
+    daemon = start_daemon(file_config(sections=f'[audit]\npath = "{path}"\n'), files=key_file(KEY))
+    client = daemon.client()
+    signed = [client.sign("sandbox") for _ in range(3)]
+    for answer in signed[:2]:
+        client.verify("sandbox", answer["timestamp"], answer["signature"])
+    for _ in range(2):
+        with pytest.raises(RequestFailedError):
+            client.sign("nowhere")
+    daemon.raw(b"GET /nope HTTP/1.1\r\nConnection: close\r\n\r\n")
+    daemon.stop()
+    exe, version = os.path.realpath(sys.executable), signed[0]["key_version"]
+
+    summary = json.loads(audit_cli("query", str(path), "--summary", "--json").stdout)
+    assert [
+        {
+            "environment": "sandbox",
+            "key_version": version,
+            "peer_uid": os.getuid(),
+            "peer_user": pwd.getpwuid(os.getuid()).pw_name,
+            "peer_exe": exe,
+            "count": 3,
+        }
+    ] == summary["signatures"]
+    assert [
+        {"reason": "unknown_environment", "count": 2},
+        {"reason": "not_found", "count": 1},
+    ] == summary["refusals"]
+    verified = audit_cli(
+        "query", str(path), "--event", "signature.verified", "--uid", str(os.getuid()), "--json"
+    )
+    assert 2 == len(verified.stdout.splitlines())
+    assert "" == audit_cli("query", str(path), "--key-version", "other").stdout
+    later = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert "" == audit_cli("query", str(path), "--since", later).stdout
