@@ -97,6 +97,7 @@ class AuditTrail:
         self._log = get_logger()
         self._clock = TimestampClock(digits=6)
         self._seq, self._chain = 0, GENESIS
+        self._chain_bytes = GENESIS.encode("ascii")
         self._before = (0, GENESIS)
         self._peers: dict[tuple[int, int, int, str | None], str] = {}
         self._origin = (
@@ -124,6 +125,7 @@ class AuditTrail:
         found = last_record(self.config.path)
         if found is not None:
             self._seq, self._chain = found
+            self._chain_bytes = self._chain.encode("ascii")
         fd = os.open(self.config.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         return LineOutlet(fd)
 
@@ -219,17 +221,13 @@ class AuditTrail:
 
     def record(self, event: str, fields: str, *, must: bool = True) -> Line | None:
         """Write one record; see the module docstring for what ``must`` promises."""
-        head = f',"time":"{self._clock.now()}","event":"{event}"'
-
-        def build() -> bytes:
-            self._before = (self._seq, self._chain)
-            self._seq += 1
-            body = f'{{"seq":{self._seq}{head}{fields}{self._origin}'.encode()
-            self._chain = chain_of(self._chain, body)
-            return body + CHAIN_FIELD + self._chain.encode() + b'"}\n'
-
+        head = f',"time":"{self._clock.now()}","event":"{event}"{fields}{self._origin}'
+        outlet = self.outlet
         try:
-            line = self.outlet.commit(build, self._rolled_back)
+            if outlet.backlogged:  # built when its turn comes, so seq follows the file
+                line = outlet.commit(lambda: self._build(head), self._rolled_back)
+            else:  # the common case: no closure, no queue entry
+                line = outlet.write(self._build(head), self._rolled_back)
         except WriteFailed as exc:
             self._failed(exc.reason)
             if must and self._refuse:
@@ -242,12 +240,22 @@ class AuditTrail:
             return self._synced_line()
         return line
 
+    def _build(self, head: str) -> bytes:
+        seq = self._seq + 1
+        self._before = (self._seq, self._chain)
+        body = f'{{"seq":{seq}{head}'.encode()
+        chain = hashlib.sha256(self._chain_bytes + body).hexdigest()
+        self._seq, self._chain = seq, chain
+        self._chain_bytes = chain.encode("ascii")
+        return b'%b%b%b"}\n' % (body, CHAIN_FIELD, self._chain_bytes)
+
     def _failed(self, reason: str) -> None:
         self.failures += 1
         self._counted(reason)
 
     def _rolled_back(self) -> None:
         self._seq, self._chain = self._before
+        self._chain_bytes = self._chain.encode("ascii")
 
     async def released(self, line: Line, answer: Any) -> Any:
         """``answer`` once ``line`` is written; ``AuditUnavailable`` after ``write_timeout``."""
@@ -352,7 +360,9 @@ class AuditTrail:
         if fragment is None:
             if len(self._peers) >= _PEER_CACHE_SIZE:
                 self._peers.clear()
-            fragment = self._peers[key] = peer_fields(peer)
+            # Once per peer, so the hot path scrubs nothing: every other string of a hot-path
+            # record is validated (environment, the signed timestamp) or the daemon's own.
+            fragment = self._peers[key] = scrub(peer_fields(peer), self._secrets())
         return fragment
 
 

@@ -201,3 +201,14 @@ def test_fsync_always_releases_each_answer_after_a_shared_fdatasync(tmp_path: Pa
 
     assert ["ok", "ok", "ok"] == asyncio.run(scenario())
     assert 3 == len(records(path))
+
+
+def test_a_key_inside_a_peers_executable_path_is_redacted(tmp_path: Path) -> None:
+    """The peer's fields (from /proc, the peer's to choose) are scrubbed like any untrusted
+    text, once per peer, so the hot path keeps the guarantee without scrubbing per record."""
+    path = tmp_path / "audit.jsonl"
+    trail = trail_at(path)
+    odd = Peer(pid=os.getpid(), uid=os.getuid(), gid=os.getgid(), exe=f"/tmp/{KEY}/node")
+    assert trail.signature_issued("sandbox", "v1", "2026-12-01T10:00:00.000Z", odd) is None
+    assert KEY not in path.read_text()
+    assert "/tmp/[REDACTED]/node" == records(path)[0]["peer_exe"]
