@@ -47,7 +47,7 @@ class Line:
         self.data = data
         self.build = build
         self.done = done
-        self.failed = failed  # called when built bytes were written in part and undone
+        self.failed = failed  # called when its built bytes are taken back: none remain written
         self.sent = 0
 
     def bytes(self) -> bytes:
@@ -119,6 +119,8 @@ class LineOutlet:
             sent = 0
         except OSError as exc:
             self.failure = _reason(exc)
+            if failed is not None:
+                failed()  # built, and none of it written
             raise WriteFailed(self.failure) from None
         self.written += sent
         if sent == len(data):
@@ -165,7 +167,10 @@ class LineOutlet:
             # A regular file took part of it (the disk filled): the rest raises or goes in.
 
     def _undo_partial(self, line: Line) -> None:
+        """The line could not be finished: take back what of it was written, if we can."""
         if not line.sent:
+            if line.failed is not None:
+                line.failed()
             return
         if self.regular:
             # O_APPEND: our line is the file's tail. Cut it off so no stub is left.
@@ -203,6 +208,8 @@ class LineOutlet:
                 return
             except OSError as exc:
                 self.failure = _reason(exc)
+                if not line.sent and line.data is not None and line.failed is not None:
+                    line.failed()  # built, and none of it out: as if never built
                 self._fail_all()
                 return
             line.sent += sent

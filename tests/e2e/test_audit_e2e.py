@@ -91,6 +91,8 @@ def test_a_full_filesystem_never_delivers_a_signature_without_its_record(
     assert [] == other
     assert refused, "the filesystem never filled"
     assert sorted(delivered) == sorted(issued)
+    whole = audit_cli("verify", str(small_tmpfs / "audit.jsonl"))
+    assert (0, "ok: ") == (whole.returncode, whole.stdout[:4]), whole.stdout
     filler.unlink()
     resumed = daemon.client().sign("sandbox")
     recorded = [r.get("signed_timestamp") for r in audit_records(small_tmpfs / "audit.jsonl")]

@@ -7,12 +7,16 @@ import contextlib
 import fcntl
 import json
 import os
+import resource
+import signal
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from sidkeyd.audit import GENESIS, AuditTrail, AuditUnavailable, chain_of
+from sidkeyd.audit_verify import verify
 from sidkeyd.config import AuditConfig
 from sidkeyd.outlet import LineOutlet
 from sidkeyd.peer import Peer
@@ -212,3 +216,37 @@ def test_a_key_inside_a_peers_executable_path_is_redacted(tmp_path: Path) -> Non
     assert trail.signature_issued("sandbox", "v1", "2026-12-01T10:00:00.000Z", odd) is None
     assert KEY not in path.read_text()
     assert "/tmp/[REDACTED]/node" == records(path)[0]["peer_exe"]
+
+
+@pytest.fixture
+def file_size_limit() -> Iterator[Callable[[int], None]]:
+    """Set RLIMIT_FSIZE (writes past it fail with EFBIG, like a full disk); restored after."""
+    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    previous = resource.getrlimit(resource.RLIMIT_FSIZE)
+
+    def limit(size: int) -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, previous[1]))
+
+    yield limit
+    resource.setrlimit(resource.RLIMIT_FSIZE, previous)
+    signal.signal(signal.SIGXFSZ, previous_handler)
+
+
+@pytest.mark.parametrize("room", [0, 100], ids=["nothing fits", "part fits"])
+def test_a_record_the_disk_refuses_leaves_no_stub_and_no_gap(
+    tmp_path: Path, file_size_limit: Callable[[int], None], room: int
+) -> None:
+    """Refused at once or cut short: the file keeps whole lines only, and the next record
+    takes the refused one's seq, so the chain has no hole."""
+    path = tmp_path / "audit.jsonl"
+    trail = trail_at(path)
+    sign(trail)
+    size = path.stat().st_size
+    file_size_limit(size + room)
+    with pytest.raises(AuditUnavailable):
+        sign(trail)
+    file_size_limit(resource.RLIM_INFINITY)
+    assert size == path.stat().st_size
+    sign(trail)
+    assert [1, 2] == [r["seq"] for r in records(path)]
+    assert verify([path]).ok
