@@ -210,12 +210,25 @@ class AuditTrail:
             f',"key_version":{_quote(key_version)}' + self._peer(peer),
         )
 
-    def refused(self, status: int, reason: str, path: str, peer: Peer) -> None:
+    def refused(self, status: int, reason: str, path: str | None, peer: Peer) -> None:
         """A refused request: recorded if it can be, never waited for."""
         self.record(
             "request.rejected",
             f',"result":"refused","status":{status},"reason":{_quote(reason)}'
-            f',"path":{_quote(self._untrusted(path))}' + self._peer(peer),
+            f',"path":{_json(self._untrusted(path) if path else None)}' + self._peer(peer),
+            must=False,
+        )
+
+    def refused_repeatedly(
+        self, status: int, reason: str, path: str | None, uid: int, pids: list[int], count: int
+    ) -> None:
+        """``count`` more refusals of one uid for one reason and path in one window."""
+        self.record(
+            "request.rejected_repeated",
+            f',"result":"refused","status":{status},"reason":{_quote(reason)}'
+            f',"path":{_json(self._untrusted(path) if path else None)},"repeated":{count}'
+            f',"peer_uid":{uid},"peer_user":{_json(_user(uid))}'
+            f',"peer_pids":{json.dumps(pids)}',
             must=False,
         )
 
@@ -408,3 +421,33 @@ def _unit(cgroup: str | None) -> str | None:
         if part.endswith((".service", ".scope")):
             return part
     return None
+
+
+class AuditedRejections:
+    """The ``RejectionLog``'s logger when a trail exists: each line it writes (aggregated, so
+    a refused peer cannot flood the trail and so fill its disk) also becomes a record."""
+
+    def __init__(self, log: Any, trail: AuditTrail) -> None:
+        self._log = log
+        self._trail = trail
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._log.info(event, **fields)
+        status, reason, path = int(fields["status"]), str(fields["reason"]), fields.get("path")
+        if event == "request.rejected":
+            peer = Peer(
+                pid=int(fields.get("peer_pid", 0)),
+                uid=int(fields.get("peer_uid", -1)),
+                gid=int(fields.get("peer_gid", -1)),
+                exe=fields.get("peer_exe"),
+            )
+            self._trail.refused(status, reason, path, peer)
+        elif event == "request.rejected_repeated":
+            self._trail.refused_repeatedly(
+                status,
+                reason,
+                path,
+                int(fields["peer_uid"]),
+                list(fields["peer_pids"]),
+                int(fields["repeated"]),
+            )

@@ -95,6 +95,8 @@ def summary(matched: Iterable[Record]) -> dict[str, list[dict[str, Any]]]:
             signatures[tuple(record.get(k) for k in SIGNATURE_KEYS)] += 1
         elif record.get("event") == "request.rejected":
             refusals[str(record.get("reason"))] += 1
+        elif record.get("event") == "request.rejected_repeated":
+            refusals[str(record.get("reason"))] += int(record.get("repeated", 0))
     return {
         "signatures": [
             {**dict(zip(SIGNATURE_KEYS, key, strict=True)), "count": count}

@@ -35,6 +35,7 @@ class Verdict:
     first_seq: int | None = None
     last_seq: int | None = None
     head: str | None = None
+    skipped: int = 0  # operational log lines between the records
     finding: Finding | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -83,6 +84,9 @@ def verify(paths: Iterable[Path], checkpoints: Mapping[int, str] | None = None) 
         if not whole:
             verdict.finding = Finding(where, None, "truncated: the last record is incomplete")
             return verdict
+        if parsed is None and _operational(line):
+            verdict.skipped += 1  # a trail on stdout shares it with the log; a gap still shows
+            continue
         if parsed is None:
             verdict.finding = Finding(where, None, "modified: not an audit record")
             return verdict
@@ -119,6 +123,16 @@ def verify(paths: Iterable[Path], checkpoints: Mapping[int, str] | None = None) 
     return verdict
 
 
+def _operational(line: bytes) -> bool:
+    """An operational log line (JSON with a ``level``, which no record has): one beside a
+    trail on stdout, such as the ``audit.checkpoint`` copies."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(entry, dict) and "level" in entry
+
+
 def _seqs(lines: list[tuple[str, bytes, bool]]) -> set[int]:
     return {parsed[0] for _w, line, _whole in lines if (parsed := _parse(line)) is not None}
 
@@ -149,6 +163,8 @@ def parse_checkpoint(text: str) -> tuple[int, str]:
 
 def report(verdict: Verdict) -> str:
     lines = [f"note: {note}" for note in verdict.notes]
+    if verdict.skipped:
+        lines.append(f"note: skipped {verdict.skipped} operational log line(s)")
     if verdict.finding is not None:
         lines.append(f"FAILED after {verdict.records} good record(s): {verdict.finding}")
     else:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 
 from sidkeyd import __version__
 from sidkeyd.app import Application
-from sidkeyd.audit import AuditTrail
+from sidkeyd.audit import AuditedRejections, AuditTrail
 from sidkeyd.config import Config
 from sidkeyd.connections import ConnectionTracker, Limits
 from sidkeyd.freshness import Trigger
@@ -109,9 +109,13 @@ class Server:
         metrics = Metrics(config.environments) if config.metrics.enabled else NO_METRICS
         metrics.watch(manager, lambda: len(tracker.connections))
         manager.observe_checks(metrics.checked)
-        rejections = RejectionLog(self._log, schedule=loop.call_later, counted=metrics.rejected)
-        tokens = TokenBroker(config.environments, manager, self.store)
         audit = self._audit_trail(config, metrics)
+        rejections = RejectionLog(
+            self._log if audit is None else AuditedRejections(self._log, audit),
+            schedule=loop.call_later,
+            counted=metrics.rejected,
+        )
+        tokens = TokenBroker(config.environments, manager, self.store)
         self._install_signal_handlers(manager, audit)
         notifier = Notifier()
         notifier.send(f"STATUS=starting: checking {len(config.environments)} environment(s)")

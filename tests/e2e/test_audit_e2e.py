@@ -95,6 +95,10 @@ def test_a_full_filesystem_never_delivers_a_signature_without_its_record(
     assert (0, "ok: ") == (whole.returncode, whole.stdout[:4]), whole.stdout
     filler.unlink()
     resumed = daemon.client().sign("sandbox")
+    assert (True, {"status": "ok", "reason": None}) == (
+        daemon.client().health()[0],
+        daemon.client().health()[1]["audit"],
+    )
     recorded = [r.get("signed_timestamp") for r in audit_records(small_tmpfs / "audit.jsonl")]
     assert resumed["timestamp"] in recorded
     daemon.assert_no_secret_in_logs([KEY])
@@ -244,6 +248,10 @@ def test_audit_on_a_stdout_nobody_reads_refuses_promptly_then_resumes(piped) -> 
         if r["event"] == "signature.issued" and r["seq"] not in voided
     ]
     assert sorted([*delivered, after]) == sorted(issued)
+    stream = daemon.layout.config_path.parent / "stdout.jsonl"
+    stream.write_bytes(daemon.output)
+    whole = audit_cli("verify", str(stream))
+    assert (0, "ok: ") == (whole.returncode, whole.stdout.splitlines()[-1][:4]), whole.stdout
 
 
 def test_a_blocked_audit_pipe_does_not_hold_up_sigterm(piped) -> None:

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from sidkeyd.audit import GENESIS, AuditTrail, AuditUnavailable, chain_of
+from sidkeyd.audit import GENESIS, AuditedRejections, AuditTrail, AuditUnavailable, chain_of
 from sidkeyd.audit_verify import verify
 from sidkeyd.config import AuditConfig
+from sidkeyd.log import get_logger
 from sidkeyd.outlet import LineOutlet
 from sidkeyd.peer import Peer
+from sidkeyd.rejections import RejectionLog
 
 KEY = "audit-unit-key-0123456789abcdef"
 PEER = Peer(pid=os.getpid(), uid=os.getuid(), gid=os.getgid(), exe="/usr/bin/python3")
@@ -250,3 +252,26 @@ def test_a_record_the_disk_refuses_leaves_no_stub_and_no_gap(
     sign(trail)
     assert [1, 2] == [r["seq"] for r in records(path)]
     assert verify([path]).ok
+
+
+def test_a_flood_of_refusals_is_two_records_not_thousands(tmp_path: Path) -> None:
+    """Refusals reach the trail through the RejectionLog's aggregation: the first in full,
+    the repeats of its window as one count, so a refused peer cannot fill the trail's disk."""
+    path = tmp_path / "audit.jsonl"
+    trail = trail_at(path)
+    rejections = RejectionLog(AuditedRejections(get_logger(), trail))
+    for _ in range(1000):
+        rejections.reject(403, "forbidden", path="/v1/sign", **PEER.log_fields())
+    rejections.flush(everything=True)
+    rejected, repeated = records(path)
+    assert ("request.rejected", 403, "forbidden", PEER.uid) == (
+        rejected["event"],
+        rejected["status"],
+        rejected["reason"],
+        rejected["peer_uid"],
+    )
+    assert ("request.rejected_repeated", 999, [PEER.pid]) == (
+        repeated["event"],
+        repeated["repeated"],
+        repeated["peer_pids"],
+    )

@@ -25,7 +25,7 @@ def trail_path(tmp_path: Path) -> Path:
     for version, peer in (("v1", ALICE), ("v1", ALICE), ("v2", ALICE), ("v1", BOB)):
         trail.signature_issued("production", version, "2026-12-01T10:00:00.000Z", peer)
     trail.refused(403, "forbidden", "/v1/sign", BOB)
-    trail.refused(403, "forbidden", "/v1/sign", BOB)
+    trail.refused_repeatedly(403, "forbidden", "/v1/sign", BOB.uid, [BOB.pid], 1)
     trail.refused(404, "unknown_environment", "/v1/sign", ALICE)
     return path
 
@@ -38,7 +38,7 @@ def test_every_filter_given_must_match(trail_path: Path) -> None:
 
 def test_executable_and_environment_filters(trail_path: Path) -> None:
     """exe narrows to bob's records; an unknown environment matches nothing."""
-    assert 3 == len(query([trail_path], Filters(exe="/usr/bin/python3")))
+    assert 2 == len(query([trail_path], Filters(exe="/usr/bin/python3")))
     assert [] == query([trail_path], Filters(environment="sandbox"))
 
 

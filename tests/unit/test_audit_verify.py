@@ -124,3 +124,16 @@ def test_records_cut_from_the_end_are_caught_by_a_later_checkpoint(tmp_path: Pat
     found = problem([path], checkpoints={logged["seq"]: logged["chain"]})
     assert ("(end)", 5) == found[:2]
     assert found[2].startswith("truncated")
+
+
+def test_operational_log_lines_between_records_are_skipped_but_gaps_still_show(
+    tmp_path: Path,
+) -> None:
+    """A trail on stdout shares the stream with the log: log lines are skipped, a record
+    replaced by one is still a deletion."""
+    lines = trail_file(tmp_path / "audit.jsonl")
+    log_line = b'{"event": "daemon.started", "level": "info"}\n'
+    mixed = write(tmp_path / "mixed.jsonl", [lines[0], log_line, *lines[1:]])
+    assert (True, 1) == (verify([mixed]).ok, verify([mixed]).skipped)
+    lines[2] = log_line
+    assert ("4", 4, "deleted: seq 3 is missing") == problem([write(tmp_path / "gap.jsonl", lines)])

@@ -38,7 +38,6 @@ class Application:
         audit: AuditTrail | None = None,
     ) -> None:
         self._log = get_logger()
-        self._audit = audit
         self.rejections = rejections or RejectionLog(self._log)
         gate = EnvironmentGate(engine, {n: env.allow for n, env in config.environments.items()})
         server = config.server
@@ -128,8 +127,6 @@ class Application:
         return error_response(status, code, message, **kw)
 
     def _log_rejection(self, request: Request, status: int, reason: str) -> None:
-        if self._audit is not None:
-            self._audit.refused(status, reason, request.path, request.peer)
         self.rejections.reject(
             status,
             reason,
