@@ -91,7 +91,7 @@ class AuditTrail:
         counted: Callable[[str], None] = lambda _reason: None,
     ) -> None:
         self.config = config
-        self._counted = counted  # the metric of records not written
+        self.counted = counted  # the metric of records not written
         self._secrets = secrets
         self._stdout = stdout
         self._log = get_logger()
@@ -264,7 +264,7 @@ class AuditTrail:
 
     def _failed(self, reason: str) -> None:
         self.failures += 1
-        self._counted(reason)
+        self.counted(reason)
 
     def _rolled_back(self) -> None:
         self._seq, self._chain = self._before

@@ -81,6 +81,7 @@ class Server:
         )
         for warning in config.warnings():
             self._log.warning("config.warning", message=warning)
+        audit = self._audit_trail(config)  # before the socket: one that cannot open stops here
         sock = inherited_socket()
         inode: int | None = None  # the socket file is ours to remove only if we made it
         if sock is not None:
@@ -109,7 +110,9 @@ class Server:
         metrics = Metrics(config.environments) if config.metrics.enabled else NO_METRICS
         metrics.watch(manager, lambda: len(tracker.connections))
         manager.observe_checks(metrics.checked)
-        audit = self._audit_trail(config, metrics)
+        if audit is not None:
+            audit.counted = metrics.audit_failed
+            audit.start()
         rejections = RejectionLog(
             self._log if audit is None else AuditedRejections(self._log, audit),
             schedule=loop.call_later,
@@ -189,18 +192,15 @@ class Server:
             notifier.close()
             self._log.info("daemon.stopped")
 
-    def _audit_trail(self, config: Config, metrics: Metrics) -> AuditTrail | None:
+    def _audit_trail(self, config: Config) -> AuditTrail | None:
         if not config.audit.enabled:
             return None
-        trail = AuditTrail(
+        return AuditTrail(
             config.audit,
             self.store.secrets,
             stdout=stdout_outlet() if config.audit.stdout else None,
             origin=f"unix:{config.server.socket}",
-            counted=metrics.audit_failed,
         )
-        trail.start()
-        return trail
 
     async def _metrics_listener(self, config: Config, metrics: Metrics) -> asyncio.Server | None:
         if config.metrics.listen is None or not config.metrics.enabled:

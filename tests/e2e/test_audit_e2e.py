@@ -407,3 +407,18 @@ def test_audit_query_answers_match_the_traffic_sent(start_daemon, tmp_path: Path
     assert "" == audit_cli("query", str(path), "--key-version", "other").stdout
     later = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     assert "" == audit_cli("query", str(path), "--since", later).stdout
+
+
+def test_a_trail_that_cannot_be_opened_stops_the_start_with_its_reason(tmp_path: Path) -> None:
+    """No folder for the file: exit 3, daemon.failed says why, no socket is left behind."""
+    daemon = Daemon.write_config(
+        tmp_path,
+        file_config(sections=f'[audit]\npath = "{tmp_path / "missing" / "audit.jsonl"}"\n'),
+    )
+    (tmp_path / "keys.toml").write_text(key_file(KEY)["keys.toml"])
+    daemon.launch()
+    assert daemon.process is not None
+    assert 3 == daemon.process.wait(60)
+    [failed] = daemon.events("daemon.failed")
+    assert failed["reason"].startswith("FileNotFoundError")
+    assert not daemon.socket_path.exists()
