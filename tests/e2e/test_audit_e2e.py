@@ -422,3 +422,18 @@ def test_a_trail_that_cannot_be_opened_stops_the_start_with_its_reason(tmp_path:
     [failed] = daemon.events("daemon.failed")
     assert failed["reason"].startswith("FileNotFoundError")
     assert not daemon.socket_path.exists()
+
+
+def test_on_audit_failure_continue_serves_on_a_closed_stdout_and_counts_the_loss(piped) -> None:
+    """ "continue": the same closed stdout answers 200, health stays ok but says failing, and
+    the metric counts each record lost."""
+    daemon = piped(file_config(sections='[audit]\nstdout = true\non_audit_failure = "continue"\n'))
+    daemon.close_stdout()
+    client = daemon.client()
+    assert 3 == len([client.sign("sandbox") for _ in range(3)])
+    healthy, health = health_of(client)
+    assert (True, {"status": "failing", "reason": "EPIPE"}) == (healthy, health["audit"])
+    metrics = daemon.layout.raw(b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert b'sidkeyd_audit_write_failures_total{reason="EPIPE"} 3.0' in metrics
+    client.close()
+    assert 0 == daemon.terminate_within(PROMPT_S * 2)

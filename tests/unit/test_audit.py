@@ -9,6 +9,7 @@ import json
 import os
 import resource
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -275,3 +276,32 @@ def test_a_flood_of_refusals_is_two_records_not_thousands(tmp_path: Path) -> Non
         repeated["repeated"],
         repeated["peer_pids"],
     )
+
+
+def test_fsync_interval_syncs_written_records_off_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fsync = "interval": after records are written (audit.opened, then a signature), the
+    file gets an fdatasync within the interval, in a worker thread, not on the loop."""
+    path = tmp_path / "audit.jsonl"
+    config = AuditConfig(path=path, fsync="interval", fsync_interval=timedelta(milliseconds=10))
+    synced: list[tuple[int, bool]] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+
+        def fake_fdatasync(fd: int) -> None:
+            synced.append((fd, threading.current_thread() is threading.main_thread()))
+            loop.call_soon_threadsafe(done.set)
+
+        monkeypatch.setattr(os, "fdatasync", fake_fdatasync)
+        trail = AuditTrail(config, lambda: ())
+        trail.start()
+        await asyncio.wait_for(done.wait(), 10)
+        done.clear()
+        sign(trail)
+        await asyncio.wait_for(done.wait(), 10)
+        assert [(trail.outlet.fd, False)] * 2 == synced
+
+    asyncio.run(scenario())
