@@ -305,3 +305,64 @@ def test_fsync_interval_syncs_written_records_off_the_loop(
         assert [(trail.outlet.fd, False)] * 2 == synced
 
     asyncio.run(scenario())
+
+
+def test_a_late_record_already_on_its_way_is_followed_by_audit_voided(
+    full_pipe: tuple[int, int],
+) -> None:
+    """Built and at the head of the queue when its answer timed out: it is finished, then an
+    audit.voided record names its seq, so nobody counts a signature that was never given."""
+    read_end, write_end = full_pipe
+    config = AuditConfig(stdout=True, write_timeout=timedelta(milliseconds=50))
+
+    async def scenario() -> bytes:
+        outlet = LineOutlet(write_end)
+        trail = AuditTrail(config, lambda: (), stdout=outlet)
+        line = trail.signature_issued("sandbox", "v1", "2026-12-01T10:00:00.000Z", PEER)
+        assert line is not None
+        assert line.data is not None  # built: the pipe refused it whole, it waits at the head
+        with pytest.raises(AuditUnavailable):
+            await trail.released(line, "answer")
+        os.set_blocking(read_end, False)
+        received = b""
+        while outlet.backlogged:
+            with contextlib.suppress(BlockingIOError):
+                received += os.read(read_end, 65536)
+            await asyncio.sleep(0)
+        with contextlib.suppress(BlockingIOError):
+            received += os.read(read_end, 65536)
+        return received
+
+    lines = [json.loads(line) for line in asyncio.run(scenario()).splitlines() if line.strip()]
+    issued, voided = lines[-2:]
+    assert ("signature.issued", "audit.voided") == (issued["event"], voided["event"])
+    assert (issued["seq"], issued["seq"] + 1) == (voided["voided_seq"], voided["seq"])
+    os.close(read_end)
+    os.close(write_end)
+
+
+def test_an_fdatasync_late_past_the_write_timeout_refuses_and_voids_the_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fsync = "always" on a disk that does not finish in time: 503, and the record already in
+    the file is followed by audit.voided naming it."""
+    path = tmp_path / "audit.jsonl"
+    config = AuditConfig(path=path, fsync="always", write_timeout=timedelta(milliseconds=50))
+    disk = threading.Event()
+    monkeypatch.setattr(os, "fdatasync", lambda _fd: disk.wait(30))
+
+    async def scenario() -> None:
+        trail = AuditTrail(config, lambda: ())
+        line = trail.signature_issued("sandbox", "v1", "2026-12-01T10:00:00.000Z", PEER)
+        assert line is not None
+        with pytest.raises(AuditUnavailable):
+            await trail.released(line, "answer")
+        disk.set()
+
+    asyncio.run(scenario())
+    issued, voided = records(path)
+    assert ("signature.issued", "audit.voided", issued["seq"]) == (
+        issued["event"],
+        voided["event"],
+        voided["voided_seq"],
+    )
