@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,10 +69,14 @@ class Target:
     log: Path
     process: subprocess.Popen[bytes] | None = None
     audited: bool = False  # its log must hold one audit line per signature
+    audit_file: Path | None = None  # [audit] path: the records are counted there instead
+    method: str = "POST"
+    path: str = "/v1/sign"
+    body: str = REQUEST_BODY  # what the request sends (bench/signers.py varies it)
+    helper: subprocess.Popen[bytes] | None = None  # the OpenBao server behind its agent
     env: dict[str, str] | None = None  # e.g. PYTHONPATH for a tree to compare with
     body_bytes: int = 0
     runs: list[dict[str, Any]] = field(default_factory=list)
-    request_body: str = REQUEST_BODY  # what POST /v1/sign sends (bench/signers.py varies it)
 
 
 @dataclass(frozen=True)
@@ -132,18 +137,27 @@ def make_targets(folder: Path, compare: tuple[tuple[str, Path], ...] = ()) -> li
         baseline_target(folder, "static", "baseline: uvloop+httptools, fixed body"),
         baseline_target(folder, "hmac", "baseline + JSON parse + HMAC"),
     ]
+    audit = '\n[audit]\npath = "{path}"\nfsync = "{fsync}"\n'
     for name, level, extra, label in (
-        ("info", "info", "", "sidkeyd, audit log on (info)"),
-        ("warning", "warning", "", "sidkeyd, log warning"),
-        ("nometrics", "info", "\n[metrics]\nenabled = false\n", "sidkeyd, audit on, metrics off"),
+        ("info", "info", "", "sidkeyd, no [audit]: signature lines in the log (info)"),
+        ("warning", "warning", "", "sidkeyd, unaudited (log warning)"),
+        ("audit", "info", audit, "sidkeyd, [audit] file, fsync interval"),
+        ("always", "info", audit, "sidkeyd, [audit] file, fsync always"),
+        ("nometrics", "info", audit, "sidkeyd, [audit] file, metrics off"),
     ):
         sock = folder / f"sidkeyd-{name}.sock"
         config = folder / f"sidkeyd-{name}.toml"
         text = DAEMON_CONFIG.format(socket=sock, level=level, keys=keys, uid=os.getuid())
+        audit_file = folder / f"audit-{name}.jsonl" if extra else None
+        fsync = "always" if name == "always" else "interval"
+        extra = extra.format(path=audit_file, fsync=fsync)
+        if name == "nometrics":
+            extra += "\n[metrics]\nenabled = false\n"
         config.write_text(text + extra)
         argv = [sys.executable, "-m", "sidkeyd", "serve", "-c", str(config)]
         log = folder / f"sidkeyd-{name}.log"
-        targets.append(Target(label, argv, sock, log, audited=level == "info"))
+        audited = level == "info"
+        targets.append(Target(label, argv, sock, log, audited=audited, audit_file=audit_file))
     for name, src in compare:
         sock = folder / f"sidkeyd-{name}.sock"
         config = folder / f"sidkeyd-{name}.toml"
@@ -191,8 +205,9 @@ def wait_ready(target: Target) -> None:
 def probe(target: Target) -> None:
     """One real request: the server must answer 200 before it is measured."""
     request = (
-        f"POST /v1/sign HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(target.request_body)}\r\n\r\n{target.request_body}"
+        f"{target.method} {target.path} HTTP/1.1\r\nHost: localhost\r\n"
+        f"Content-Type: application/json\r\n"
+        f"Content-Length: {len(target.body)}\r\n\r\n{target.body}"
     ).encode()
     deadline = time.monotonic() + READY_TIMEOUT_S
     while True:
@@ -234,15 +249,97 @@ def recv(sock: socket.socket) -> bytes:
 
 
 def stop(target: Target) -> None:
-    process = target.process
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
+    for process in (target.process, target.helper):
+        if process is None or process.poll() is not None:
+            continue
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# -- the OpenBao agent (optional: when the bao binary is installed) ------------------------
+
+OPENBAO_TOKEN = "bench-root-token"
+OPENBAO_AGENT = """\
+log_level = "warn"
+vault {{ address = "{address}" }}
+auto_auth {{
+  method "token_file" {{
+    config = {{ token_file_path = "{token_file}" }}
+  }}
+}}
+api_proxy {{ use_auto_auth_token = "force" }}
+listener "unix" {{
+  address = "{socket}"
+  tls_disable = true
+}}
+"""
+
+
+def openbao_target(folder: Path) -> Target | None:
+    """An OpenBao agent answering a KV v2 read on its Unix listener (each read forwarded to a
+    dev server, whose CPU is counted with the agent's); None without the bao binary."""
+    bao = shutil.which("bao") or str(Path(sys.executable).with_name("bao"))
+    if not Path(bao).exists():
+        return None
+    with socket.socket() as probe_port:
+        probe_port.bind(("127.0.0.1", 0))
+        port = probe_port.getsockname()[1]
+    address = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+    env["HOME"] = str(folder)  # the dev server must not touch the real ~/.vault-token
+    server_log = folder / "openbao-server.log"
+    with server_log.open("wb") as log:
+        server = subprocess.Popen(
+            [bao, "server", "-dev", "-dev-no-store-token", f"-dev-root-token-id={OPENBAO_TOKEN}",
+             f"-dev-listen-address=127.0.0.1:{port}", "-log-level=warn"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=folder,
+        )  # fmt: skip
     try:
-        process.wait(STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+        _put_secret(address, server, server_log)
+    except BaseException:
+        server.kill()
+        server.wait()
+        raise
+    token_file = folder / "openbao-token"
+    token_file.write_text(OPENBAO_TOKEN)
+    sock = folder / "openbao-agent.sock"
+    config = folder / "openbao-agent.hcl"
+    config.write_text(OPENBAO_AGENT.format(address=address, token_file=token_file, socket=sock))
+    target = Target(
+        "OpenBao agent, KV v2 read (agent + server CPU)",
+        [bao, "agent", "-config", str(config)],
+        sock,
+        folder / "openbao-agent.log",
+        env=env,
+        method="GET",
+        path="/v1/secret/data/sidkeyd",
+        body="",
+    )
+    target.helper = server
+    return target
+
+
+def _put_secret(address: str, server: subprocess.Popen[bytes], log: Path) -> None:
+    """Write the fake key once the dev server answers (bounded)."""
+    request = urllib.request.Request(
+        f"{address}/v1/secret/data/sidkeyd",
+        data=json.dumps({"data": {"api_key": "FAKE-bench-key-not-real"}}).encode(),
+        headers={"X-Vault-Token": OPENBAO_TOKEN},
+        method="POST",
+    )
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=5):
+                return
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the OpenBao dev server did not start:\n{tail(log)}") from None
+            time.sleep(0.1)
 
 
 def tail(path: Path, lines: int = 20) -> str:
@@ -268,7 +365,7 @@ def busy_seconds() -> float:
 
 def loadgen(binary: Path, target: Target, seconds: float, connections: int) -> dict[str, Any]:
     argv = [str(binary), "-s", str(target.socket), "-c", str(connections), "-d", str(seconds)]
-    argv += ["-p", "/v1/sign", "-b", target.request_body]
+    argv += ["-m", target.method, "-p", target.path, "-b", target.body]
     # loadgen bounds itself (duration + 5 s grace); the timeout is a last resort.
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=False)
     if not done.stdout.strip():
@@ -277,13 +374,20 @@ def loadgen(binary: Path, target: Target, seconds: float, connections: int) -> d
     return result
 
 
+def server_cpu_seconds(target: Target) -> float:
+    """The server's CPU; an OpenBao agent's with the OpenBao server it forwards each read to."""
+    assert target.process is not None
+    helper = 0.0 if target.helper is None else cpu_seconds(target.helper.pid)
+    return cpu_seconds(target.process.pid) + helper
+
+
 def measure(binary: Path, target: Target, opts: Options) -> dict[str, Any]:
     assert target.process is not None
     if opts.warmup > 0:
         loadgen(binary, target, opts.warmup, opts.connections)
-    before, busy_before = cpu_seconds(target.process.pid), busy_seconds()
+    before, busy_before = server_cpu_seconds(target), busy_seconds()
     result = loadgen(binary, target, opts.duration, opts.connections)
-    result["server_cpu_s"] = cpu_seconds(target.process.pid) - before
+    result["server_cpu_s"] = server_cpu_seconds(target) - before
     # Whatever else ran meanwhile: the noise this figure suffered on a shared machine.
     other = busy_seconds() - busy_before - result["server_cpu_s"] - result["client_cpu_s"]
     result["other_cpu_s"] = max(0.0, other)
@@ -359,7 +463,7 @@ def machine() -> str:
 
 
 def audit_lines(target: Target) -> int:
-    with target.log.open("rb") as log:
+    with (target.audit_file or target.log).open("rb") as log:
         return sum(1 for line in log if b'"signature.issued"' in line)
 
 
@@ -375,6 +479,14 @@ def report(targets: list[Target], opts: Options) -> None:
     print(table(targets))
     for target in (t for t in targets if t.audited):
         print(f"\naudit lines written by '{target.name}': {audit_lines(target):,}")
+    unaudited = next(t for t in targets if t.name.startswith("sidkeyd, unaudited"))
+    for target in (t for t in targets if t.audit_file is not None):
+        audited, bare = summary(target), summary(unaudited)
+        print(
+            f"'{target.name}' / unaudited: {audited['rps'] / bare['rps']:.2f}x the req/s, "
+            f"{bare['cpu_us'] / audited['cpu_us']:.2f}x by CPU per signature (+"
+            f"{audited['cpu_us'] - bare['cpu_us']:.1f} µs); the goal is at least 0.8x"
+        )
 
 
 def write_json(path: Path, targets: list[Target]) -> None:
@@ -389,6 +501,11 @@ def run(opts: Options, folder: Path) -> int:
     binary = build_loadgen(folder)
     targets = make_targets(folder, opts.compare)
     try:
+        agent = openbao_target(folder)
+        if agent is not None:
+            targets.append(agent)
+        else:
+            print("no bao binary: the OpenBao agent is not measured", file=sys.stderr)
         for target in targets:
             start(target)
         for target in targets:

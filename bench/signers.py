@@ -113,7 +113,7 @@ def transit_targets(folder: Path, server: OpenBao) -> list[bench.Target]:
         argv = [sys.executable, "-m", "sidkeyd", "serve", "-c", str(config)]
         log = folder / f"sidkeyd-{slug}.log"
         targets.append(
-            bench.Target(f"sidkeyd, {name}", argv, sock, log, audited=True, request_body=body)
+            bench.Target(f"sidkeyd, {name}", argv, sock, log, audited=True, body=body)
         )
     return targets
 

@@ -58,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="run the daemon",
-        description="Run the daemon. SIGTERM/SIGINT stop it gracefully; SIGHUP reloads the config "
-        "file (as 'sidkeyd reload' does) and checks every environment's key.",
+        description="Run the daemon. SIGTERM/SIGINT stop it gracefully; SIGHUP reopens the audit "
+        "file, reloads the config file (as 'sidkeyd reload' does) and checks every "
+        "environment's key.",
     )
     with_config(serve)
     check = commands.add_parser(
@@ -124,7 +125,46 @@ def build_parser() -> argparse.ArgumentParser:
         "needs a restart (then nothing changed).",
     )
     with_socket(reload)
+    _add_audit_commands(commands)
     return parser
+
+
+def _add_audit_commands(commands: Any) -> None:
+    audit = commands.add_parser("audit", help="check or search audit trail files (docs/audit.md)")
+    tools = audit.add_subparsers(dest="audit_command", required=True, metavar="TOOL")
+    verify = tools.add_parser(
+        "verify",
+        help="exit 0 if the files' chain is whole, 1 naming the first broken record",
+        description="Recompute the chain over FILE... in the order given (oldest first) and "
+        "name the first modified, deleted, inserted, reordered or truncated record.",
+    )
+    verify.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    verify.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="SEQ:CHAIN",
+        help="an audit.checkpoint from the operational log that the files must match",
+    )
+    query = tools.add_parser(
+        "query",
+        help="the records matching every filter given, or their --summary",
+        description="Filter audit records (all filters must match) and print them, or with "
+        "--summary the signatures per peer and key version and the refusals per reason.",
+    )
+    query.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    query.add_argument("--env", help="environment")
+    query.add_argument("--event", help="event, e.g. signature.issued")
+    query.add_argument("--uid", type=int, help="peer uid")
+    query.add_argument("--user", help="peer user name")
+    query.add_argument("--exe", help="peer executable")
+    query.add_argument("--key-version", help="key version")
+    query.add_argument(
+        "--since", help="from this ISO 8601 time (inclusive), e.g. 2026-12-01T10:00Z"
+    )
+    query.add_argument("--until", help="before this ISO 8601 time (exclusive)")
+    query.add_argument("--summary", action="store_true", help="counts instead of records")
+    query.add_argument("--json", action="store_true", help="JSON (records: one per line)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             return _check_config(_config_path(args), online=args.online)
         if args.command == "import-key":
             return _import_key(_config_path(args), args.env, args.key_file)
+        if args.command == "audit":
+            return _audit(args)
         return _client_command(args)
     except KeyboardInterrupt:
         return 130
@@ -246,6 +288,58 @@ def _serve(path: Path) -> int:
     except OSError as exc:  # e.g. the socket's folder cannot be created or written
         get_logger().error("daemon.failed", reason=f"{type(exc).__name__}: {exc}")
         return EXIT_UNAVAILABLE
+    return EXIT_OK
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from sidkeyd.audit_verify import parse_checkpoint, report, verify
+
+    if args.audit_command == "query":
+        return _audit_query(args)
+    try:
+        checkpoints = dict(parse_checkpoint(text) for text in args.checkpoint)
+        verdict = verify(args.files, checkpoints)
+    except ValueError as exc:
+        print(f"sidkeyd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as exc:
+        print(f"sidkeyd: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(report(verdict))
+    return EXIT_OK if verdict.ok else EXIT_NEGATIVE
+
+
+def _audit_query(args: argparse.Namespace) -> int:
+    from sidkeyd import audit_query
+
+    try:
+        filters = audit_query.Filters(
+            environment=args.env,
+            event=args.event,
+            uid=args.uid,
+            user=args.user,
+            exe=args.exe,
+            key_version=args.key_version,
+            since=audit_query.parse_time(args.since) if args.since else None,
+            until=audit_query.parse_time(args.until) if args.until else None,
+        )
+        matched = audit_query.query(args.files, filters)
+    except ValueError as exc:
+        print(f"sidkeyd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as exc:
+        print(f"sidkeyd: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.summary:
+        summarized = audit_query.summary(matched)
+        print(
+            json.dumps(summarized, indent=2)
+            if args.json
+            else audit_query.format_summary(summarized)
+        )
+    else:
+        for record in matched:
+            print(json.dumps(record) if args.json else audit_query.format_record(record))
     return EXIT_OK
 
 

@@ -73,6 +73,29 @@ class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+AuditFailure = Literal["refuse", "continue"]
+FsyncMode = Literal["never", "interval", "always"]
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """The audit trail (docs/audit.md): a file (``path``) or stdout, separate from the log."""
+
+    path: Path | None = None
+    stdout: bool = False
+    on_audit_failure: AuditFailure = "refuse"  # "continue" serves without a record, loudly
+    fsync: FsyncMode = "interval"
+    fsync_interval: timedelta = timedelta(seconds=1)
+    # How long an answer waits for its record before it is refused (a sink nobody reads).
+    write_timeout: timedelta = timedelta(milliseconds=500)
+    # An audit.checkpoint record, its seq and chain also in the operational log (the journal).
+    checkpoint_interval: timedelta = timedelta(minutes=5)
+
+    @property
+    def enabled(self) -> bool:
+        return self.path is not None or self.stdout
+
+
 @dataclass(frozen=True)
 class FileSourceConfig:
     """A local TOML or JSON file of secrets: for development and simple hosts."""
@@ -210,6 +233,7 @@ class Config:
     refresh: RefreshConfig = field(default_factory=RefreshConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     admin: AccessPolicy = field(default_factory=default_admin)
     sources: Mapping[str, SourceConfig] = field(default_factory=lambda: MappingProxyType({}))
     environments: Mapping[str, EnvironmentConfig] = field(

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from sidkeyd.config import (
     SMILEID_BASE_URLS,
+    AuditConfig,
     AwsSourceConfig,
     Config,
     EnvironmentConfig,
@@ -105,6 +106,7 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path, path: Path | None =
     log_table.finish()
     admin = _policy(root.table("admin"), default_admin()) if "admin" in data else default_admin()
     metrics = _metrics(root.table("metrics"))
+    audit = _audit(root.table("audit"))
     sources = {name: _source(name, table) for name, table in root.tables("sources")}
     environments = {
         name: _environment(name, table, refresh, sources)
@@ -121,6 +123,7 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path, path: Path | None =
         log=log,
         admin=admin,
         metrics=metrics,
+        audit=audit,
         sources=MappingProxyType({k: v for k, v in sources.items() if v is not None}),
         environments=MappingProxyType(environments),
         path=path,
@@ -180,6 +183,31 @@ def _metrics(table: TomlTable) -> MetricsConfig:
     readers = _policy(table.table("readers"), None) if "readers" in table.raw else None
     table.finish()
     return MetricsConfig(enabled, listen, allow_remote, readers)
+
+
+def _audit(table: TomlTable) -> AuditConfig:
+    d = AuditConfig()
+    config = AuditConfig(
+        path=table.path("path", None),
+        stdout=table.boolean("stdout", d.stdout),
+        on_audit_failure=table.choice(
+            "on_audit_failure", ("refuse", "continue"), d.on_audit_failure
+        ),
+        fsync=table.choice("fsync", ("never", "interval", "always"), d.fsync),
+        fsync_interval=table.duration(
+            "fsync_interval", d.fsync_interval, minimum=timedelta(milliseconds=10)
+        ),
+        write_timeout=table.duration(
+            "write_timeout", d.write_timeout, minimum=timedelta(milliseconds=10)
+        ),
+        checkpoint_interval=table.duration(
+            "checkpoint_interval", d.checkpoint_interval, minimum=timedelta(seconds=1)
+        ),
+    )
+    if config.path is not None and config.stdout:
+        table.problem("stdout", "one audit sink: set path or stdout = true, not both")
+    table.finish()
+    return config
 
 
 def _loopback(host: str) -> bool:

@@ -17,6 +17,7 @@ from typing import Any, TextIO
 import structlog
 
 from sidkeyd.config import LogConfig
+from sidkeyd.outlet import LineOutlet
 from sidkeyd.redaction import REDACTED, backend_text, truncate
 from sidkeyd.signing import TimestampClock
 
@@ -26,6 +27,7 @@ __all__ = [
     "get_logger",
     "make_redactor",
     "set_log_level",
+    "stdout_outlet",
     "untrusted",
 ]
 
@@ -210,9 +212,44 @@ def _with_syslog_priority(renderer: structlog.types.Processor) -> structlog.type
     return render
 
 
+class _OutletLogger:
+    """structlog's logger over a ``LineOutlet``: a line stdout cannot take now is dropped.
+
+    The operational log never blocks the daemon (a pipe nobody reads) nor stops it (a closed
+    pipe); what it dropped is counted and said in a ``log.lines_dropped`` line once stdout
+    takes lines again. The audit trail, not this log, is what must not lose a record.
+    """
+
+    def __init__(self, outlet: LineOutlet) -> None:
+        self.outlet = outlet
+        self._reported = 0
+
+    def msg(self, message: str) -> None:
+        outlet = self.outlet
+        if outlet.dropped != self._reported and not outlet.backlogged:
+            dropped, self._reported = outlet.dropped - self._reported, outlet.dropped
+            notice = {"event": "log.lines_dropped", "level": "warning", "count": dropped}
+            outlet.offer(_json_encode(notice).encode() + b"\n")
+        outlet.offer(message.encode("utf-8", "backslashreplace") + b"\n")
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
+
+
+_stdout_outlet: LineOutlet | None = None
+
+
+def stdout_outlet() -> LineOutlet:
+    """The one writer of fd 1, shared by the operational log and an audit trail on stdout."""
+    global _stdout_outlet
+    if _stdout_outlet is None:
+        _stdout_outlet = LineOutlet(1, max_queued_lines=1024)
+    return _stdout_outlet
+
+
 def configure_logging(
     config: LogConfig, secrets: SecretsProvider, stream: TextIO | None = None
 ) -> None:
+    """Without ``stream``, lines go to fd 1 through the non-blocking ``stdout_outlet``."""
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer(serializer=_json_encode)
         if config.format == "json"
@@ -221,6 +258,12 @@ def configure_logging(
     out = stream or sys.stdout
     if writes_to_journal(out):
         renderer = _with_syslog_priority(renderer)
+    if stream is not None:
+        factory: Any = structlog.WriteLoggerFactory(file=stream)
+    else:
+        shared = _OutletLogger(stdout_outlet())  # one, so drops are reported once
+        factory = lambda *_args: shared  # noqa: E731 - structlog wants a callable factory
+
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
@@ -230,7 +273,7 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=_LevelledLogger,
-        logger_factory=structlog.WriteLoggerFactory(file=out),
+        logger_factory=factory,
         cache_logger_on_first_use=True,
     )
     logging.captureWarnings(True)

@@ -79,6 +79,10 @@ class Metrics:
             "sidkeyd_key_check_duration_seconds", "Backend check duration", ["environment"],
             buckets=_CHECK_BUCKETS, registry=self.registry,
         )  # fmt: skip
+        self._audit_failures = Counter(
+            "sidkeyd_audit_write_failures", "Audit records not written, by reason", ["reason"],
+            registry=self.registry,
+        )  # fmt: skip
         self.signs = {name: _SignStats() for name in names}  # read by the collector
 
     def track(self, environments: Iterable[str]) -> None:
@@ -104,6 +108,9 @@ class Metrics:
 
     def token_issued(self, environment: str) -> None:
         self._tokens.labels(environment).inc()
+
+    def audit_failed(self, reason: str) -> None:
+        self._audit_failures.labels(reason).inc()
 
     def checked(self, environment: str, trigger: str, result: str, seconds: float) -> None:
         self._checks.labels(environment, trigger, result).inc()
@@ -134,6 +141,9 @@ class _NoMetrics(Metrics):
         pass
 
     def token_issued(self, environment: str) -> None:
+        pass
+
+    def audit_failed(self, reason: str) -> None:
         pass
 
     def checked(self, environment: str, trigger: str, result: str, seconds: float) -> None:

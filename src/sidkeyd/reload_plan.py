@@ -16,7 +16,8 @@ from sidkeyd.config import Config, EnvironmentConfig, RefreshConfig, ServerConfi
 from sidkeyd.errors import ConfigProblem
 
 # Settings fixed at start-up: the socket is bound once (its mode, group and listen queue with
-# it), memory is locked once, the metrics listener and the log format are set up once.
+# it), memory is locked once, the metrics listener, the log format and the audit trail are set
+# up once.
 RESTART_REQUIRED = (
     "server.socket",
     "server.socket_mode",
@@ -27,6 +28,14 @@ RESTART_REQUIRED = (
     "metrics.listen",
     "metrics.allow_remote",
     "log.format",
+    # The trail's chain and its file are opened once; SIGHUP reopens the same path.
+    "audit.path",
+    "audit.stdout",
+    "audit.on_audit_failure",
+    "audit.fsync",
+    "audit.fsync_interval",
+    "audit.write_timeout",
+    "audit.checkpoint_interval",
 )
 # [server] keys a reload applies: to requests (skew, rate limit), new connections, shutdown.
 LIVE_SERVER_KEYS = tuple(

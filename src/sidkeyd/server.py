@@ -1,9 +1,10 @@
 """The daemon's lifecycle: bind, load keys, serve, and shut down gracefully.
 
 ``Server.serve()`` is the async entry point; ``run()`` is the sync one. Signals are captured
-here and only here: SIGTERM/SIGINT/SIGQUIT stop, SIGHUP reloads the config file (``reloading``)
-and checks every environment, and SIGUSR1/SIGUSR2/SIGALRM (whose default action would kill the
-daemon without a word and leave its socket behind) are logged and ignored.
+here and only here: SIGTERM/SIGINT/SIGQUIT stop, SIGHUP reopens the audit file, reloads the
+config file (``reloading``) and checks every environment, and SIGUSR1/SIGUSR2/SIGALRM (whose
+default action would kill the daemon without a word and leave its socket behind) are logged
+and ignored.
 
 Shutdown has one budget, ``shutdown_timeout``, shared by draining connections and closing
 sources; backend calls still running after it are abandoned with the process.
@@ -19,10 +20,11 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from sidkeyd import __version__
 from sidkeyd.app import Application
+from sidkeyd.audit import AuditedRejections, AuditTrail
 from sidkeyd.config import Config
 from sidkeyd.connections import ConnectionTracker
 from sidkeyd.keystore import KeyStore
-from sidkeyd.log import get_logger
+from sidkeyd.log import get_logger, stdout_outlet
 from sidkeyd.metrics import NO_METRICS, Metrics
 from sidkeyd.metrics_listener import serve_metrics
 from sidkeyd.notify import Notifier, Watchdog
@@ -84,6 +86,7 @@ class Server:
         )
         for warning in config.warnings():
             self._log.warning("config.warning", message=warning)
+        audit = self._audit_trail(config)  # before the socket: one that cannot open stops here
         sock = inherited_socket()
         inode: int | None = None  # the socket file is ours to remove only if we made it
         if sock is not None:
@@ -112,7 +115,14 @@ class Server:
         metrics = Metrics(config.environments) if config.metrics.enabled else NO_METRICS
         metrics.watch(manager, lambda: len(tracker.connections))
         manager.observe_checks(metrics.checked)
-        rejections = RejectionLog(self._log, schedule=loop.call_later, counted=metrics.rejected)
+        if audit is not None:
+            audit.counted = metrics.audit_failed
+            audit.start()
+        rejections = RejectionLog(
+            self._log if audit is None else AuditedRejections(self._log, audit),
+            schedule=loop.call_later,
+            counted=metrics.rejected,
+        )
         tokens = TokenBroker(config.environments, manager, self.store)
         notifier = Notifier()
         notifier.send(f"STATUS=starting: checking {len(config.environments)} environment(s)")
@@ -130,6 +140,7 @@ class Server:
                 tokens=tokens,
                 metrics=metrics,
                 reload=reload if config.path is not None else None,
+                audit=audit,
             )
             running = Running(
                 config,
@@ -143,7 +154,7 @@ class Server:
                 self._set_log_level,
             )
             reloader = Reloader(running, notifier, lambda: status_line(manager))
-            self._install_signal_handlers(reloader)
+            self._install_signal_handlers(reloader, audit)
             # create_unix_server listens again; without the backlog it would cut it to 100.
             server = await loop.create_unix_server(
                 lambda: HttpProtocol(app.handle, running.limits, tracker, rejections),
@@ -196,8 +207,20 @@ class Server:
             tokens.stop()
             await manager.stop(max(0.0, deadline - loop.time()))
             rejections.flush(everything=True)
+            if audit is not None:
+                audit.close()
             notifier.close()
             self._log.info("daemon.stopped")
+
+    def _audit_trail(self, config: Config) -> AuditTrail | None:
+        if not config.audit.enabled:
+            return None
+        return AuditTrail(
+            config.audit,
+            self.store.secrets,
+            stdout=stdout_outlet() if config.audit.stdout else None,
+            origin=f"unix:{config.server.socket}",
+        )
 
     async def _metrics_listener(self, config: Config, metrics: Metrics) -> asyncio.Server | None:
         if config.metrics.listen is None or not config.metrics.enabled:
@@ -223,11 +246,17 @@ class Server:
         await asyncio.gather(start, return_exceptions=True)
         return False
 
-    def _install_signal_handlers(self, reloader: Reloader) -> None:
+    def _install_signal_handlers(self, reloader: Reloader, audit: AuditTrail | None) -> None:
         loop = asyncio.get_running_loop()
         for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
-        loop.add_signal_handler(signal.SIGHUP, reloader.reload_soon)
+
+        def on_sighup() -> None:
+            if audit is not None:
+                audit.reopen()  # logrotate moved the file
+            reloader.reload_soon()
+
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
         for sig in IGNORED_SIGNALS:
             loop.add_signal_handler(sig, self._on_ignored_signal, sig)
 

@@ -359,3 +359,46 @@ def test_a_fifo_as_config_is_refused_without_blocking(tmp_path: Path) -> None:
     assert [("(file)", f"{path} is not a regular file")] == [
         (p.key, p.reason) for p in caught.value.problems
     ]
+def test_audit_is_off_by_default_and_fails_closed_when_on() -> None:
+    """No [audit]: no trail; once on, refuse on failure, fsync every second, 500ms wait."""
+    default = parse(MINIMAL).audit
+    on = parse(MINIMAL + '\n[audit]\npath = "audit.jsonl"\n').audit
+    assert (False, True) == (default.enabled, on.enabled)
+    assert (Path("/etc/sidkeyd/audit.jsonl"), "refuse", "interval") == (
+        on.path,
+        on.on_audit_failure,
+        on.fsync,
+    )
+    assert (timedelta(seconds=1), timedelta(milliseconds=500), timedelta(minutes=5)) == (
+        on.fsync_interval,
+        on.write_timeout,
+        on.checkpoint_interval,
+    )
+
+
+def test_audit_settings_are_read() -> None:
+    """stdout, on_audit_failure, fsync and the durations take valid values."""
+    audit = parse(
+        MINIMAL + '\n[audit]\nstdout = true\non_audit_failure = "continue"\nfsync = "always"\n'
+        'write_timeout = "2s"\nfsync_interval = "250ms"\ncheckpoint_interval = "1m"\n'
+    ).audit
+    assert (True, "continue", "always", timedelta(seconds=2), timedelta(milliseconds=250)) == (
+        audit.stdout,
+        audit.on_audit_failure,
+        audit.fsync,
+        audit.write_timeout,
+        audit.fsync_interval,
+    )
+    assert timedelta(minutes=1) == audit.checkpoint_interval
+
+
+def test_invalid_audit_settings_are_named_with_their_path() -> None:
+    """A bad choice, a duration without unit and two sinks at once are problems."""
+    found = problems(
+        MINIMAL + '\n[audit]\npath = "a.jsonl"\nstdout = true\nfsync = "sometimes"\n'
+        'write_timeout = "5"\non_audit_failure = "ignore"\ncheckpoint_interval = "10ms"\n'
+    )
+    assert {
+        "audit.stdout", "audit.fsync", "audit.write_timeout", "audit.on_audit_failure",
+        "audit.checkpoint_interval",
+    } == set(found)  # fmt: skip

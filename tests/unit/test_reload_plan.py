@@ -204,6 +204,12 @@ def test_the_metrics_listener_needs_a_restart() -> None:
     assert ["metrics.enabled", "metrics.listen"] == [p.key for p in plan.restart_required]
 
 
+def test_the_audit_trail_needs_a_restart() -> None:
+    """[audit] is opened once (its chain with it): turning it on or moving it is refused."""
+    plan = plan_reload(config(), config(more='\n[audit]\npath = "/var/log/a.jsonl"\n'))
+    assert ["audit.path"] == [p.key for p in plan.restart_required]
+
+
 def test_every_restart_problem_is_named_at_once() -> None:
     """Two start-up keys changed: both are named, and other changes are still planned."""
     plan = plan_reload(

@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from sidkeyd.app.access import Engine, EnvironmentGate
+from sidkeyd.audit import AuditTrail
 from sidkeyd.errors import BadRequest
 from sidkeyd.freshness import Health, Trigger
 from sidkeyd.http import Request, Response, json_response
@@ -33,7 +34,9 @@ class AdminRoutes:
         metrics: Metrics = NO_METRICS,
         readers: AccessPolicy | None = None,
         reload: Reload | None = None,
+        audit: AuditTrail | None = None,
     ) -> None:
+        self._audit = audit
         self._engine = engine
         self._gate = gate
         self._admin = admin
@@ -106,10 +109,16 @@ class AdminRoutes:
             if self._tokens is not None and name in self._tokens:
                 environments[name]["token"] = "failing" if self._tokens.failing(name) else "ok"
             usable = usable and health is not Health.UNAVAILABLE
-        status = 200 if usable else 503
-        return json_response(
-            status, {"status": "ok" if usable else "unavailable", "environments": environments}
-        )
+        audit = None
+        if self._audit is not None:  # refusing to answer without records is unusable too
+            problem = self._audit.problem()
+            audit = {"status": "ok" if problem is None else "failing", "reason": problem}
+            usable = usable and (problem is None or not self._audit.refusing)
+        body: dict[str, Any] = {"status": "ok" if usable else "unavailable"}
+        body["environments"] = environments
+        if audit is not None:
+            body["audit"] = audit
+        return json_response(200 if usable else 503, body)
 
     def environment_status(self, *, detailed: bool = True) -> dict[str, dict[str, Any]]:
         """Per-environment state; without ``detailed``, no fingerprints and no error reasons."""

@@ -10,6 +10,7 @@ from sidkeyd.app.access import Engine, EnvironmentGate
 from sidkeyd.app.admin_routes import AdminRoutes, Reload
 from sidkeyd.app.key_routes import SigningRoutes
 from sidkeyd.app.token_routes import TokenRoutes
+from sidkeyd.audit import AuditTrail
 from sidkeyd.config import Config
 from sidkeyd.errors import KeyUnavailableError, RequestError
 from sidkeyd.http import Request, Response, error_response
@@ -35,6 +36,7 @@ class Application:
         tokens: TokenBroker | None = None,
         metrics: Metrics = NO_METRICS,
         reload: Reload | None = None,
+        audit: AuditTrail | None = None,
     ) -> None:
         self._log = get_logger()
         self.rejections = rejections or RejectionLog(self._log)
@@ -44,6 +46,7 @@ class Application:
         self._tokens = tokens
         self._metrics = metrics
         self._reload = reload
+        self._audit = audit
         self._limiter: tuple[tuple[float, int], RateLimiter | None] | None = None
         self._routes = self._routes_for(config)
 
@@ -55,7 +58,9 @@ class Application:
         engine, tokens, metrics = self._engine, self._tokens, self._metrics
         gate = EnvironmentGate(engine, {n: env.allow for n, env in config.environments.items()})
         server = config.server
-        token_routes = TokenRoutes(tokens, gate, metrics) if tokens is not None else None
+        token_routes = (
+            TokenRoutes(tokens, gate, metrics, self._audit) if tokens is not None else None
+        )
         signing = SigningRoutes(
             engine,
             gate,
@@ -65,6 +70,7 @@ class Application:
             limiter=self._rate_limiter(server.sign_rate_limit, server.sign_rate_burst),
             token_refused=token_routes.refused if token_routes else None,
             metrics=metrics,
+            audit=self._audit,
         )
         admin = AdminRoutes(
             engine,
@@ -74,6 +80,7 @@ class Application:
             metrics=metrics,
             readers=config.metrics.readers,
             reload=self._reload,
+            audit=self._audit,
         )
         routes: dict[str, dict[str, Callable[[Request], Result]]] = {
             "/v1/sign": {"POST": signing.sign},

@@ -7,12 +7,14 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from sidkeyd.app.access import Engine, EnvironmentGate
+from sidkeyd.audit import AuditTrail
 from sidkeyd.errors import BadRequest, TimestampError
 from sidkeyd.freshness import Trigger
 from sidkeyd.http import Request, Response, json_response
 from sidkeyd.keystore import KeySnapshot
 from sidkeyd.log import get_logger, untrusted
 from sidkeyd.metrics import NO_METRICS, Metrics
+from sidkeyd.outlet import Line
 from sidkeyd.ratelimit import RateLimiter, retry_after
 from sidkeyd.signing import TimestampClock, check_timestamp, whole_second
 from sidkeyd.validation import MAX_SIGNATURE_CHARS, MAX_TIMESTAMP_CHARS, parse_fields
@@ -30,7 +32,9 @@ class SigningRoutes:
         limiter: RateLimiter | None,
         token_refused: Callable[[str, Request], Response] | None = None,
         metrics: Metrics = NO_METRICS,
+        audit: AuditTrail | None = None,
     ) -> None:
+        self._audit = audit
         self._engine = engine
         self._gate = gate
         self._clock = clock
@@ -82,29 +86,44 @@ class SigningRoutes:
     ) -> Response:
         assert key.remote is not None
         signature = await key.remote.sign_live(timestamp)
-        return self._issued(key, timestamp, signature, request, started)
+        answer = self._issued(key, timestamp, signature, request, started)
+        return answer if isinstance(answer, Response) else await answer
 
     def _issued(
         self, key: KeySnapshot, timestamp: str, signature: str, request: Request, started: int
-    ) -> Response:
+    ) -> Response | Awaitable[Response]:
         environment = key.environment
         age = int(time.time() - key.loaded_epoch)
-        self._log.info(
-            "signature.issued",
-            environment=environment,
-            key_version=key.version,
-            key_age_s=age,
-            signed_timestamp=timestamp,
-            **request.peer.log_fields(),
-        )
+        record = None
+        if self._audit is None:
+            self._log.info(
+                "signature.issued",
+                environment=environment,
+                key_version=key.version,
+                key_age_s=age,
+                signed_timestamp=timestamp,
+                **request.peer.log_fields(),
+            )
+        else:  # the record is written (or waited for) before the signature leaves
+            record = self._audit.signature_issued(environment, key.version, timestamp, request.peer)
         # Every value is either validated (timestamp, base64) or pre-encoded JSON.
         payload = (
             f'{{"signature": "{signature}", "timestamp": "{timestamp}", '.encode()
             + key.json_fields
             + f', "key_age_s": {age}}}'.encode()
         )
+        if record is not None and self._audit is not None:
+            return self._released(record, Response(200, payload), environment, started)
         self._metrics.signed(environment, started)
         return Response(200, payload)
+
+    async def _released(
+        self, record: Line, response: Response, environment: str, started: int
+    ) -> Response:
+        assert self._audit is not None
+        released: Response = await self._audit.released(record, response)
+        self._metrics.signed(environment, started)
+        return released
 
     def verify(self, request: Request) -> Response | Awaitable[Response]:
         """Whether ``signature`` is Smile ID's HMAC of ``timestamp`` with a key held.
@@ -142,7 +161,8 @@ class SigningRoutes:
             )
             if rechecked:
                 matched = await self._match_remote(environment, timestamp, signature)
-        return self._verified(environment, timestamp, matched, request, rechecked=rechecked)
+        answer = self._verified(environment, timestamp, matched, request, rechecked=rechecked)
+        return answer if isinstance(answer, Response) else await answer
 
     async def _match_remote(
         self, environment: str, timestamp: str, signature: str
@@ -160,7 +180,8 @@ class SigningRoutes:
             environment, Trigger.VERIFY, **request.peer.log_fields()
         )
         matched = self._match(environment, timestamp, signature) if rechecked else None
-        return self._verified(environment, timestamp, matched, request, rechecked=rechecked)
+        answer = self._verified(environment, timestamp, matched, request, rechecked=rechecked)
+        return answer if isinstance(answer, Response) else await answer
 
     def _match(self, environment: str, timestamp: str, signature: str) -> KeySnapshot | None:
         for key in self._engine.verification_keys(environment):
@@ -176,9 +197,25 @@ class SigningRoutes:
         request: Request,
         *,
         rechecked: bool,
-    ) -> Response:
+    ) -> Response | Awaitable[Response]:
         current = self._engine.signing_key(environment)
         self._metrics.verified(environment, matched is not None)
+        answer = json_response(
+            200,
+            {
+                "valid": matched is not None,
+                "environment": environment,
+                "key_version": matched.version if matched else None,
+                "current_key_version": current.version,
+            },
+        )
+        if self._audit is not None:
+            version = matched.version if matched else current.version
+            valid = matched is not None
+            record = self._audit.signature_verified(
+                environment, version, valid, timestamp, request.peer, rechecked=rechecked
+            )
+            return answer if record is None else self._audit.released(record, answer)
         self._log.info(
             "signature.verified",
             environment=environment,
@@ -189,15 +226,7 @@ class SigningRoutes:
             signed_timestamp=untrusted(timestamp),
             **request.peer.log_fields(),
         )
-        return json_response(
-            200,
-            {
-                "valid": matched is not None,
-                "environment": environment,
-                "key_version": matched.version if matched else None,
-                "current_key_version": current.version,
-            },
-        )
+        return answer
 
     def report(self, request: Request) -> Response | Awaitable[Response]:
         """Smile ID refused a signature made with ``key_version`` (or, ``kind: "token"``, a V3

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 
 from sidkeyd.app.access import EnvironmentGate
+from sidkeyd.audit import AuditTrail
 from sidkeyd.errors import BadRequest
 from sidkeyd.http import Request, Response, json_response
 from sidkeyd.log import get_logger
@@ -15,8 +16,13 @@ from sidkeyd.validation import parse_fields
 
 class TokenRoutes:
     def __init__(
-        self, broker: TokenBroker, gate: EnvironmentGate, metrics: Metrics = NO_METRICS
+        self,
+        broker: TokenBroker,
+        gate: EnvironmentGate,
+        metrics: Metrics = NO_METRICS,
+        audit: AuditTrail | None = None,
     ) -> None:
+        self._audit = audit
         self._broker = broker
         self._gate = gate
         self._metrics = metrics
@@ -43,14 +49,19 @@ class TokenRoutes:
     async def _token(self, environment: str, request: Request) -> Response:
         held = await self._broker.token(environment)
         expires_at = iso_epoch(held.expires_at)
+        if self._audit is not None:  # the token leaves only after its record
+            record = self._audit.token_issued(environment, held.key_version, request.peer)
+            if record is not None:
+                await self._audit.released(record, None)
+        else:
+            self._log.info(
+                "token.issued",
+                environment=environment,
+                key_version=held.key_version,
+                expires_at=expires_at,
+                **request.peer.log_fields(),
+            )
         self._metrics.token_issued(environment)
-        self._log.info(
-            "token.issued",
-            environment=environment,
-            key_version=held.key_version,
-            expires_at=expires_at,
-            **request.peer.log_fields(),
-        )
         return json_response(
             200,
             {

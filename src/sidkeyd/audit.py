@@ -1,0 +1,453 @@
+"""The audit trail: one JSON line per decision, chained, written before the answer leaves.
+
+The record schema and the event list are in docs/audit.md. Each record is built when it is
+first written (``outlet.Line``), so its ``seq`` and ``chain`` follow the order of the file:
+``chain = sha256(previous chain + the record up to its chain field)``. The trail continues the
+chain of the file's last record when it opens (a restart, a SIGHUP reopen after logrotate);
+a new, empty file continues the chain held in memory.
+
+Fail closed: ``must`` records either are written (``None``), or wait (a ``Line`` whose
+``done`` the route awaits for at most ``write_timeout``), or raise ``AuditUnavailable``. A
+record withdrawn before it was built leaves no trace; one that was already on its way is
+followed by an ``audit.voided`` record naming its ``seq``, so no record claims an answer that
+was never given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import pwd
+import socket
+from collections.abc import Callable, Iterable
+from json.encoder import encode_basestring_ascii as _quote
+from pathlib import Path
+from typing import Any
+
+from sidkeyd import __version__
+from sidkeyd.config import AuditConfig
+from sidkeyd.errors import BadRequest
+from sidkeyd.log import get_logger
+from sidkeyd.outlet import Line, LineOutlet, WriteFailed
+from sidkeyd.peer import Peer
+from sidkeyd.redaction import scrub, truncate
+from sidkeyd.signing import TimestampClock
+
+GENESIS = "0" * 64
+CHAIN_FIELD = b',"chain":"'
+_TAIL_BYTES = 64 * 1024  # enough for the last records of the file
+_PEER_CACHE_SIZE = 1024
+
+SecretsProvider = Callable[[], Iterable[str]]
+
+
+class AuditUnavailable(BadRequest):
+    """No record could be written, so nothing is answered (503 ``audit_unavailable``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            "audit_unavailable",
+            f"the audit record could not be written ({reason}); nothing was signed or answered",
+            status=503,
+        )
+
+
+def chain_of(previous: str, body: bytes) -> str:
+    return hashlib.sha256(previous.encode("ascii") + body).hexdigest()
+
+
+def last_record(path: Path) -> tuple[int, str] | None:
+    """The ``(seq, chain)`` of the last whole record in ``path``, or None if it has none."""
+    try:
+        with path.open("rb") as file:
+            size = file.seek(0, os.SEEK_END)
+            file.seek(max(0, size - _TAIL_BYTES))
+            tail = file.read()
+    except FileNotFoundError:
+        return None
+    for line in reversed(tail.split(b"\n")):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("seq"), int):
+            chain = record.get("chain")
+            if isinstance(chain, str) and len(chain) == 64:
+                return record["seq"], chain
+    return None
+
+
+class AuditTrail:
+    def __init__(
+        self,
+        config: AuditConfig,
+        secrets: SecretsProvider,
+        *,
+        stdout: LineOutlet | None = None,
+        origin: str = "",
+        counted: Callable[[str], None] = lambda _reason: None,
+    ) -> None:
+        self.config = config
+        self.counted = counted  # the metric of records not written
+        self._secrets = secrets
+        self._stdout = stdout
+        self._log = get_logger()
+        self._clock = TimestampClock(digits=6)
+        self._seq, self._chain = 0, GENESIS
+        self._chain_bytes = GENESIS.encode("ascii")
+        self._before = (0, GENESIS)
+        self._peers: dict[tuple[int, int, int, str | None], str] = {}
+        self._origin = (
+            f',"host":{_quote(socket.gethostname())},"daemon_pid":{os.getpid()}'
+            f',"origin":{_quote(origin)}'
+        )
+        self._timeout_s = config.write_timeout.total_seconds()
+        self._refuse = config.on_audit_failure == "refuse"
+        self._synced = 0
+        self._sync_task: asyncio.TimerHandle | None = None
+        self._checkpoint_task: asyncio.TimerHandle | None = None
+        self._checkpointed = -1
+        self._waiting_sync: list[Line] = []
+        self._syncing = False
+        self.failures = 0  # records that could not be written
+        self.outlet = self._open()
+
+    # -- the sink ----------------------------------------------------------------------
+
+    def _open(self) -> LineOutlet:
+        if self.config.path is None:
+            if self._stdout is None:
+                self._stdout = LineOutlet(1)
+            return self._stdout
+        found = last_record(self.config.path)
+        if found is not None:
+            self._seq, self._chain = found
+            self._chain_bytes = self._chain.encode("ascii")
+        fd = os.open(self.config.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        return LineOutlet(fd)
+
+    def reopen(self) -> None:
+        """SIGHUP (logrotate): a new file at ``path``, continuing the chain."""
+        if self.config.path is None:
+            return
+        old = self.outlet
+        try:
+            self.outlet = self._open()
+        except OSError as exc:
+            self._log.error("audit.reopen_failed", reason=type(exc).__name__)
+            return
+        old.close()
+        os.close(old.fd)
+        self.record("audit.reopened", ',"result":"ok"', must=False)
+
+    def start(self) -> None:
+        self.record("audit.opened", f',"result":"ok","version":{_quote(__version__)}', must=False)
+        if self.config.fsync == "interval" and self.config.path is not None:
+            self._schedule_sync()
+        self._schedule_checkpoint()
+
+    def close(self) -> None:
+        self.record("audit.closed", ',"result":"ok"', must=False)
+        self.checkpoint()
+        for task in (self._sync_task, self._checkpoint_task):
+            if task is not None:
+                task.cancel()
+        if self.config.path is not None:
+            with contextlib.suppress(OSError):
+                os.fdatasync(self.outlet.fd)
+            self.outlet.close()
+            os.close(self.outlet.fd)
+
+    def problem(self) -> str | None:
+        """Why records cannot be written now, for health."""
+        if self.outlet.failure is not None:
+            return self.outlet.failure
+        if self.outlet.backlogged:
+            return "sink_blocked"
+        return None
+
+    @property
+    def refusing(self) -> bool:
+        return self._refuse
+
+    # -- records -----------------------------------------------------------------------
+
+    def signature_issued(
+        self, environment: str, key_version: str, signed_timestamp: str, peer: Peer
+    ) -> Line | None:
+        return self.record(
+            "signature.issued",
+            f',"result":"ok","environment":{_quote(environment)}'
+            f',"key_version":{_quote(key_version)},"signed_timestamp":{_quote(signed_timestamp)}'
+            + self._peer(peer),
+        )
+
+    def signature_verified(
+        self,
+        environment: str,
+        key_version: str,
+        valid: bool,
+        signed_timestamp: str,
+        peer: Peer,
+        *,
+        rechecked: bool = False,
+    ) -> Line | None:
+        result = "valid" if valid else "invalid"
+        return self.record(
+            "signature.verified",
+            f',"result":"{result}","environment":{_quote(environment)}'
+            f',"key_version":{_quote(key_version)},"rechecked":{"true" if rechecked else "false"}'
+            f',"signed_timestamp":{_quote(self._untrusted(signed_timestamp))}' + self._peer(peer),
+        )
+
+    def token_issued(self, environment: str, key_version: str, peer: Peer) -> Line | None:
+        return self.record(
+            "token.issued",
+            f',"result":"ok","environment":{_quote(environment)}'
+            f',"key_version":{_quote(key_version)}' + self._peer(peer),
+        )
+
+    def refused(self, status: int, reason: str, path: str | None, peer: Peer) -> None:
+        """A refused request: recorded if it can be, never waited for."""
+        self.record(
+            "request.rejected",
+            f',"result":"refused","status":{status},"reason":{_quote(reason)}'
+            f',"path":{_json(self._untrusted(path) if path else None)}' + self._peer(peer),
+            must=False,
+        )
+
+    def refused_repeatedly(
+        self, status: int, reason: str, path: str | None, uid: int, pids: list[int], count: int
+    ) -> None:
+        """``count`` more refusals of one uid for one reason and path in one window."""
+        self.record(
+            "request.rejected_repeated",
+            f',"result":"refused","status":{status},"reason":{_quote(reason)}'
+            f',"path":{_json(self._untrusted(path) if path else None)},"repeated":{count}'
+            f',"peer_uid":{uid},"peer_user":{_json(_user(uid))}'
+            f',"peer_pids":{json.dumps(pids)}',
+            must=False,
+        )
+
+    def record(self, event: str, fields: str, *, must: bool = True) -> Line | None:
+        """Write one record; see the module docstring for what ``must`` promises."""
+        head = f',"time":"{self._clock.now()}","event":"{event}"{fields}{self._origin}'
+        outlet = self.outlet
+        try:
+            if outlet.backlogged:  # built when its turn comes, so seq follows the file
+                line = outlet.commit(lambda: self._build(head), self._rolled_back)
+            else:  # the common case: no closure, no queue entry
+                line = outlet.write(self._build(head), self._rolled_back)
+        except WriteFailed as exc:
+            self._failed(exc.reason)
+            if must and self._refuse:
+                raise AuditUnavailable(exc.reason) from None
+            self._log.error("audit.record_lost", audit_event=event, reason=exc.reason)
+            return None
+        if line is not None and (not must or not self._refuse):
+            return None  # written when the sink drains; nobody waits for it
+        if line is None and must and self.config.fsync == "always" and self._refuse:
+            return self._synced_line()
+        return line
+
+    def _build(self, head: str) -> bytes:
+        seq = self._seq + 1
+        self._before = (self._seq, self._chain)
+        body = f'{{"seq":{seq}{head}'.encode()
+        chain = hashlib.sha256(self._chain_bytes + body).hexdigest()
+        self._seq, self._chain = seq, chain
+        self._chain_bytes = chain.encode("ascii")
+        return b'%b%b%b"}\n' % (body, CHAIN_FIELD, self._chain_bytes)
+
+    def _failed(self, reason: str) -> None:
+        self.failures += 1
+        self.counted(reason)
+
+    def _rolled_back(self) -> None:
+        self._seq, self._chain = self._before
+        self._chain_bytes = self._chain.encode("ascii")
+
+    async def released(self, line: Line, answer: Any) -> Any:
+        """``answer`` once ``line`` is written; ``AuditUnavailable`` after ``write_timeout``."""
+        assert line.done is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(line.done), self._timeout_s)
+        except WriteFailed as exc:
+            self._failed(exc.reason)
+            raise AuditUnavailable(exc.reason) from None
+        except TimeoutError:
+            self._failed("sink_blocked")
+            if not self.outlet.withdraw(line):
+                self._void(line)
+            raise AuditUnavailable("sink_blocked") from None
+        return answer
+
+    def _void(self, line: Line) -> None:
+        data = line.data or b""
+        seq = data[len(b'{"seq":') : data.index(b",")].decode() if data else "null"
+        self.record("audit.voided", f',"result":"voided","voided_seq":{seq}', must=False)
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def checkpoint(self) -> None:
+        """The chain head, in the trail and in the operational log, where a rewrite of the
+        file cannot reach it (the journal): ``audit verify --checkpoint SEQ:CHAIN``."""
+        if self._seq == self._checkpointed:
+            return
+        self.record("audit.checkpoint", ',"result":"ok"', must=False)
+        self._checkpointed = self._seq
+        # The last record built: the checkpoint itself unless it is still queued.
+        self._log.info("audit.checkpoint", seq=self._seq, chain=self._chain)
+
+    def _schedule_checkpoint(self) -> None:
+        def run() -> None:
+            self.checkpoint()
+            self._schedule_checkpoint()
+
+        self._checkpoint_task = asyncio.get_running_loop().call_later(
+            self.config.checkpoint_interval.total_seconds(), run
+        )
+
+    # -- durability ----------------------------------------------------------------------
+
+    def _synced_line(self) -> Line:
+        """fsync = "always": a line whose ``done`` is the next fdatasync (group commit)."""
+        loop = asyncio.get_running_loop()
+        # Its data names the record's seq, for the audit.voided record if the sync is late.
+        line = Line(f'{{"seq":{self._seq},'.encode(), done=loop.create_future())
+        self._waiting_sync.append(line)
+        if len(self._waiting_sync) == 1 and not self._syncing:
+            loop.call_soon(self._group_commit)
+        return line
+
+    def _group_commit(self) -> None:
+        batch, self._waiting_sync = self._waiting_sync, []
+        self._syncing = True
+        loop = asyncio.get_running_loop()
+        sync = loop.run_in_executor(None, os.fdatasync, self.outlet.fd)
+
+        def finished(done: asyncio.Future[None]) -> None:
+            self._syncing = False
+            error = done.exception()
+            for line in batch:
+                assert line.done is not None
+                if line.done.done():
+                    continue
+                if error is None:
+                    line.done.set_result(None)
+                else:
+                    line.done.set_exception(WriteFailed(type(error).__name__))
+            if self._waiting_sync:
+                self._group_commit()
+
+        sync.add_done_callback(finished)
+
+    def _schedule_sync(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._sync_task = loop.call_later(
+            self.config.fsync_interval.total_seconds(), self._interval_sync
+        )
+
+    def _interval_sync(self) -> None:
+        if self.outlet.written != self._synced:
+            self._synced = self.outlet.written
+            asyncio.get_running_loop().run_in_executor(None, self._quiet_sync, self.outlet.fd)
+        self._schedule_sync()
+
+    @staticmethod
+    def _quiet_sync(fd: int) -> None:
+        with contextlib.suppress(OSError):
+            os.fdatasync(fd)
+
+    # -- fields ----------------------------------------------------------------------------
+
+    def _untrusted(self, text: str) -> str:
+        return truncate(scrub(text, self._secrets()), 128)
+
+    def _peer(self, peer: Peer) -> str:
+        key = (peer.pid, peer.uid, peer.gid, peer.exe)
+        fragment = self._peers.get(key)
+        if fragment is None:
+            if len(self._peers) >= _PEER_CACHE_SIZE:
+                self._peers.clear()
+            # Once per peer, so the hot path scrubs nothing: every other string of a hot-path
+            # record is validated (environment, the signed timestamp) or the daemon's own.
+            fragment = self._peers[key] = scrub(peer_fields(peer), self._secrets())
+        return fragment
+
+
+def peer_fields(peer: Peer) -> str:
+    """Who, pre-encoded: uid, user, gid, pid, executable, systemd unit and cgroup."""
+    cgroup = _cgroup(peer.pid)
+    return (
+        f',"peer_uid":{peer.uid},"peer_user":{_json(_user(peer.uid))},"peer_gid":{peer.gid}'
+        f',"peer_pid":{peer.pid},"peer_exe":{_json(peer.exe)},"peer_exe_verified":false'
+        f',"peer_unit":{_json(_unit(cgroup))},"peer_cgroup":{_json(cgroup)}'
+    )
+
+
+def _json(value: str | None) -> str:
+    return "null" if value is None else str(_quote(value))
+
+
+def _user(uid: int) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, OverflowError):
+        return None
+
+
+def _cgroup(pid: int) -> str | None:
+    """The peer's cgroup v2 path (``0::/system.slice/app.service``), where /proc has it."""
+    if pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as file:
+            for line in file:
+                if line.startswith("0::"):
+                    return line[3:].strip() or None
+    except OSError:
+        return None
+    return None
+
+
+def _unit(cgroup: str | None) -> str | None:
+    if not cgroup:
+        return None
+    for part in reversed(cgroup.split("/")):
+        if part.endswith((".service", ".scope")):
+            return part
+    return None
+
+
+class AuditedRejections:
+    """The ``RejectionLog``'s logger when a trail exists: each line it writes (aggregated, so
+    a refused peer cannot flood the trail and so fill its disk) also becomes a record."""
+
+    def __init__(self, log: Any, trail: AuditTrail) -> None:
+        self._log = log
+        self._trail = trail
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._log.info(event, **fields)
+        status, reason, path = int(fields["status"]), str(fields["reason"]), fields.get("path")
+        if event == "request.rejected":
+            peer = Peer(
+                pid=int(fields.get("peer_pid", 0)),
+                uid=int(fields.get("peer_uid", -1)),
+                gid=int(fields.get("peer_gid", -1)),
+                exe=fields.get("peer_exe"),
+            )
+            self._trail.refused(status, reason, path, peer)
+        elif event == "request.rejected_repeated":
+            self._trail.refused_repeatedly(
+                status,
+                reason,
+                path,
+                int(fields["peer_uid"]),
+                list(fields["peer_pids"]),
+                int(fields["repeated"]),
+            )

@@ -1,0 +1,175 @@
+"""``sidkeyd audit verify FILE...``: recompute the chain and name the first record that breaks it.
+
+Files are read in the order given (oldest first: ``audit.jsonl.2 audit.jsonl.1 audit.jsonl``)
+as one chain. What is and is not detected is in docs/audit.md.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sidkeyd.audit import CHAIN_FIELD, GENESIS, chain_of
+
+_CHAIN_LENGTH = 64
+
+
+@dataclass(frozen=True)
+class Finding:
+    """The first problem: where, and what it means."""
+
+    where: str  # FILE:LINE
+    seq: int | None
+    problem: str
+
+    def __str__(self) -> str:
+        seq = "" if self.seq is None else f" (seq {self.seq})"
+        return f"{self.where}{seq}: {self.problem}"
+
+
+@dataclass
+class Verdict:
+    records: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    head: str | None = None
+    skipped: int = 0  # operational log lines between the records
+    finding: Finding | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.finding is None
+
+
+def _lines(paths: Iterable[Path]) -> Iterator[tuple[str, bytes, bool]]:
+    """(FILE:LINE, the line without its newline, whether it had one)."""
+    for path in paths:
+        data = path.read_bytes()
+        lines = data.split(b"\n")
+        last = len(lines) - 1
+        for number, line in enumerate(lines, 1):
+            if number - 1 == last:
+                if line:
+                    yield f"{path}:{number}", line, False
+                break
+            yield f"{path}:{number}", line, True
+
+
+def _parse(line: bytes) -> tuple[int, str, bytes] | None:
+    """(seq, chain, the body the chain covers), or None if this is no record."""
+    body, found, rest = line.rpartition(CHAIN_FIELD)
+    if not found or len(rest) != _CHAIN_LENGTH + 2 or not rest.endswith(b'"}'):
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or type(record.get("seq")) is not int:
+        return None
+    return record["seq"], rest[:_CHAIN_LENGTH].decode("ascii", "replace"), body
+
+
+def verify(paths: Iterable[Path], checkpoints: Mapping[int, str] | None = None) -> Verdict:
+    """Walk the chain; stop at the first problem. ``checkpoints``: seq -> chain from the log."""
+    verdict = Verdict()
+    expected = dict(checkpoints or {})
+    previous_seq: int | None = None
+    previous_chain = GENESIS
+    lines = list(_lines(paths))
+    for index, (where, line, whole) in enumerate(lines):
+        parsed = _parse(line)
+        if not whole:
+            verdict.finding = Finding(where, None, "truncated: the last record is incomplete")
+            return verdict
+        if parsed is None and _operational(line):
+            verdict.skipped += 1  # a trail on stdout shares it with the log; a gap still shows
+            continue
+        if parsed is None:
+            verdict.finding = Finding(where, None, "modified: not an audit record")
+            return verdict
+        seq, chain, body = parsed
+        problem = _out_of_order(previous_seq, seq, lines[index + 1 :])
+        if problem is None and previous_seq is None and seq != 1:
+            # Its first link cannot be checked without the record before it.
+            verdict.notes.append(f"starts at seq {seq}: earlier records were not given")
+        elif problem is None and chain_of(previous_chain, body) != chain:
+            problem = (
+                "modified: this record's text does not match its chain"
+                if previous_seq is not None
+                else "modified: the first record does not follow the genesis"
+            )
+            if previous_seq is not None:
+                problem += f" (or seq {previous_seq} before it was rewritten)"
+        if problem is not None:
+            verdict.finding = Finding(where, seq, problem)
+            return verdict
+        if seq in expected and expected.pop(seq) != chain:
+            verdict.finding = Finding(where, seq, "modified: differs from the logged checkpoint")
+            return verdict
+        previous_seq, previous_chain = seq, chain
+        verdict.records += 1
+        verdict.first_seq = seq if verdict.first_seq is None else verdict.first_seq
+        verdict.last_seq, verdict.head = seq, chain
+    if expected:
+        missing = min(expected)
+        verdict.finding = Finding(
+            "(end)",
+            missing,
+            "truncated: a logged checkpoint names a record the files do not have",
+        )
+    return verdict
+
+
+def _operational(line: bytes) -> bool:
+    """An operational log line (JSON with a ``level``, which no record has): one beside a
+    trail on stdout, such as the ``audit.checkpoint`` copies."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(entry, dict) and "level" in entry
+
+
+def _seqs(lines: list[tuple[str, bytes, bool]]) -> set[int]:
+    return {parsed[0] for _w, line, _whole in lines if (parsed := _parse(line)) is not None}
+
+
+def _out_of_order(
+    previous: int | None, seq: int, rest: list[tuple[str, bytes, bool]]
+) -> str | None:
+    if previous is None or seq == previous + 1:
+        return None
+    if seq > previous + 1:
+        if previous + 1 in _seqs(rest):
+            return f"reordered: seq {previous + 1} comes later"
+        if previous + 2 == seq:
+            return f"deleted: seq {previous + 1} is missing"
+        return f"deleted: seq {previous + 1} to {seq - 1} are missing"
+    if seq == 1:
+        return f"inserted: a new chain starts after seq {previous} (spliced from another run?)"
+    return f"inserted or reordered: seq {seq} after seq {previous}"
+
+
+def parse_checkpoint(text: str) -> tuple[int, str]:
+    """``SEQ:CHAIN`` as an ``audit.checkpoint`` log line gives them."""
+    seq, _, chain = text.partition(":")
+    if not seq.isdigit() or len(chain) != _CHAIN_LENGTH:
+        raise ValueError(f"{text!r} is not SEQ:CHAIN (a 64-digit hex chain)")
+    return int(seq), chain.lower()
+
+
+def report(verdict: Verdict) -> str:
+    lines = [f"note: {note}" for note in verdict.notes]
+    if verdict.skipped:
+        lines.append(f"note: skipped {verdict.skipped} operational log line(s)")
+    if verdict.finding is not None:
+        lines.append(f"FAILED after {verdict.records} good record(s): {verdict.finding}")
+    else:
+        lines.append(
+            f"ok: {verdict.records} record(s), seq {verdict.first_seq} to {verdict.last_seq}, "
+            f"head {verdict.head}"
+        )
+    return "\n".join(lines)

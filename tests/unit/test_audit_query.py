@@ -1,0 +1,73 @@
+"""audit query: filters that must all match, a time range, and the auditor's summaries."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from sidkeyd.audit import AuditTrail
+from sidkeyd.audit_query import Filters, format_summary, parse_time, query, summary
+from sidkeyd.config import AuditConfig
+from sidkeyd.peer import Peer
+
+ALICE = Peer(pid=os.getpid(), uid=1001, gid=1001, exe="/usr/bin/node")
+BOB = Peer(pid=os.getpid(), uid=1002, gid=1002, exe="/usr/bin/python3")
+
+
+@pytest.fixture
+def trail_path(tmp_path: Path) -> Path:
+    """alice signs twice with v1 and once with v2, bob once with v1; two refusals."""
+    path = tmp_path / "audit.jsonl"
+    trail = AuditTrail(AuditConfig(path=path, fsync="never"), lambda: ())
+    for version, peer in (("v1", ALICE), ("v1", ALICE), ("v2", ALICE), ("v1", BOB)):
+        trail.signature_issued("production", version, "2026-12-01T10:00:00.000Z", peer)
+    trail.refused(403, "forbidden", "/v1/sign", BOB)
+    trail.refused_repeatedly(403, "forbidden", "/v1/sign", BOB.uid, [BOB.pid], 1)
+    trail.refused(404, "unknown_environment", "/v1/sign", ALICE)
+    return path
+
+
+def test_every_filter_given_must_match(trail_path: Path) -> None:
+    """uid and key version together: only alice's v1 signatures."""
+    matched = query([trail_path], Filters(uid=1001, key_version="v1", event="signature.issued"))
+    assert [(1001, "v1")] * 2 == [(r["peer_uid"], r["key_version"]) for r in matched]
+
+
+def test_executable_and_environment_filters(trail_path: Path) -> None:
+    """exe narrows to bob's records; an unknown environment matches nothing."""
+    assert 2 == len(query([trail_path], Filters(exe="/usr/bin/python3")))
+    assert [] == query([trail_path], Filters(environment="sandbox"))
+
+
+def test_the_time_range_is_inclusive_then_exclusive(trail_path: Path) -> None:
+    """since a minute ago: all; until a minute ago: none; since after now: none."""
+    now = datetime.now(UTC)
+    assert 7 == len(query([trail_path], Filters(since=now - timedelta(minutes=1))))
+    assert [] == query([trail_path], Filters(until=now - timedelta(minutes=1)))
+    assert [] == query([trail_path], Filters(since=now + timedelta(minutes=1)))
+
+
+def test_the_summary_counts_signatures_per_peer_and_version_and_refusals_per_reason(
+    trail_path: Path,
+) -> None:
+    """Grouped and sorted, most first."""
+    summarized = summary(query([trail_path], Filters()))
+    assert [
+        ("v1", 1001, 2),
+        ("v2", 1001, 1),
+        ("v1", 1002, 1),
+    ] == [(r["key_version"], r["peer_uid"], r["count"]) for r in summarized["signatures"]]
+    assert [{"reason": "forbidden", "count": 2}, {"reason": "unknown_environment", "count": 1}] == (
+        summarized["refusals"]
+    )
+    assert "       2  forbidden" in format_summary(summarized)
+
+
+def test_a_time_without_offset_is_refused_and_a_date_is_midnight_utc() -> None:
+    """A local time would be a guess; a bare date is not."""
+    assert datetime(2026, 12, 1, tzinfo=UTC) == parse_time("2026-12-01")
+    with pytest.raises(ValueError, match="offset"):
+        parse_time("2026-12-01T10:00")
