@@ -112,9 +112,7 @@ def transit_targets(folder: Path, server: OpenBao) -> list[bench.Target]:
         )
         argv = [sys.executable, "-m", "sidkeyd", "serve", "-c", str(config)]
         log = folder / f"sidkeyd-{slug}.log"
-        targets.append(
-            bench.Target(f"sidkeyd, {name}", argv, sock, log, audited=True, body=body)
-        )
+        targets.append(bench.Target(f"sidkeyd, {name}", argv, sock, log, audited=True, body=body))
     return targets
 
 

@@ -359,6 +359,8 @@ def test_a_fifo_as_config_is_refused_without_blocking(tmp_path: Path) -> None:
     assert [("(file)", f"{path} is not a regular file")] == [
         (p.key, p.reason) for p in caught.value.problems
     ]
+
+
 def test_audit_is_off_by_default_and_fails_closed_when_on() -> None:
     """No [audit]: no trail; once on, refuse on failure, fsync every second, 500ms wait."""
     default = parse(MINIMAL).audit
