@@ -54,7 +54,7 @@ def _clear_stale(path: Path) -> None:
 
 
 def bind_unix_socket(
-    path: Path, mode: int, group: str | None, backlog: int = 1024
+    path: Path, mode: int, group: str | int | None, backlog: int = 1024
 ) -> socket.socket:
     """Bind and listen at ``path`` with ``mode`` and ``group``.
 
@@ -83,9 +83,11 @@ def bind_unix_socket(
 _NODE = "s"  # the socket's name inside the private folder
 
 
-def _group_id(group: str | None) -> int:
+def _group_id(group: str | int | None) -> int:
     if group is None:
         return -1
+    if isinstance(group, int):
+        return group  # a gid need not be named here (a client container's group)
     try:
         return grp.getgrnam(group).gr_gid
     except KeyError:

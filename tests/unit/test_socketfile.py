@@ -78,6 +78,22 @@ def test_unknown_group_is_refused(folder: Path) -> None:
         bind_unix_socket(folder / "g.sock", 0o660, "no-such-group-sidkeyd")
 
 
+def test_numeric_group_that_has_no_name_is_given_to_the_socket(folder: Path) -> None:
+    """A gid only a client container knows (no /etc/group entry here) is set as it is."""
+    unnamed_gid = next(gid for gid in range(20010, 30000) if not _group_exists(gid))
+    path = folder / "n.sock"
+    with bind_unix_socket(path, 0o660, unnamed_gid):
+        assert unnamed_gid == path.stat().st_gid
+
+
+def _group_exists(gid: int) -> bool:
+    try:
+        grp.getgrgid(gid)
+    except KeyError:
+        return False
+    return True
+
+
 def test_remove_socket_leaves_a_replacement_alone(folder: Path) -> None:
     """Only our own inode is removed at shutdown."""
     path = folder / "r.sock"
