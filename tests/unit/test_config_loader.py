@@ -378,8 +378,6 @@ groups = [20010, "20011"]
 
 def test_allow_ids_out_of_range_are_named_with_their_key() -> None:
     """A negative uid in users and a float in groups are problems naming each key."""
-    found = problems(
-        MINIMAL + "\n[environments.sandbox.allow]\nusers = [-5]\ngroups = [1.5]\n"
-    )
+    found = problems(MINIMAL + "\n[environments.sandbox.allow]\nusers = [-5]\ngroups = [1.5]\n")
     assert "must list names or numeric ids" in found["environments.sandbox.allow.users"]
     assert "must list names or numeric ids" in found["environments.sandbox.allow.groups"]
