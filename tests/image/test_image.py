@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from containers import (
     CLIENT_UID,
     DAEMON_UID,
@@ -25,6 +26,7 @@ from containers import (
     write_config_dir,
 )
 
+REPO = Path(__file__).resolve().parents[2]
 KEY = "image-test-key-5d1c8a0f3e9b2746"
 KEYS = f'["smileid/sandbox"]\napi_key = "{KEY}"\npartner_id = "085"\n'
 CONFIG = f"""
@@ -198,5 +200,62 @@ def test_unwritable_socket_folder_is_named_and_exits_3(tmp_path: Path) -> None:
             "cannot write to the socket folder /run/sidkeyd: Permission denied (sidkeyd runs "
             f"as uid {DAEMON_UID}, groups {SOCKET_GID}; /run/sidkeyd has uid 0, gid 0, mode 0755)"
         )
+    finally:
+        container.remove()
+
+
+def test_daemonset_init_command_readies_a_root_owned_host_folder(tmp_path: Path) -> None:
+    """deploy/kubernetes/daemonset.yaml's init container, as written, lets the daemon serve there.
+
+    The kubelet makes a hostPath folder root's, 0755 (here: a bind mount of such a folder).
+    """
+    manifest = yaml.safe_load_all((REPO / "deploy/kubernetes/daemonset.yaml").read_text())
+    [daemonset] = [doc for doc in manifest if doc["kind"] == "DaemonSet"]
+    [init] = daemonset["spec"]["template"]["spec"]["initContainers"]
+    caps = init["securityContext"]["capabilities"]["add"]
+    host_folder = tmp_path / "run"
+    host_folder.mkdir(mode=0o755)
+    docker(
+        "run", "--rm", "--read-only", "--user", "0:0", "--cap-drop", "ALL",
+        *[arg for cap in caps for arg in ("--cap-add", cap)],
+        "--volume", f"{host_folder}:/run/sidkeyd", "--entrypoint", init["command"][0],
+        IMAGE, *init["command"][1:],
+    )  # fmt: skip
+    info = host_folder.stat()
+    assert (DAEMON_UID, SOCKET_GID, 0o750) == (info.st_uid, info.st_gid, info.st_mode & 0o7777)
+    container = DaemonContainer(IMAGE, write_config_dir(tmp_path / "etc", CONFIG, KEYS))
+    try:
+        docker(
+            "run", "--detach", "--name", container.name, "--read-only",
+            "--volume", f"{host_folder}:/run/sidkeyd",
+            "--volume", f"{container.config_dir}:/etc/sidkeyd:ro", IMAGE,
+        )  # fmt: skip
+        container.wait_for_event("daemon.started")
+        assert (host_folder / "sidkeyd.sock").is_socket()
+    finally:
+        container.remove()
+
+
+def test_sidecar_layout_serves_from_a_folder_inside_a_world_writable_one(tmp_path: Path) -> None:
+    """sidecar.yaml's emptyDir is 0777: the daemon makes socket/ in it and serves there."""
+    empty_dir = tmp_path / "empty-dir"
+    empty_dir.mkdir()
+    os.chmod(empty_dir, 0o777)
+    config = CONFIG.replace("/run/sidkeyd/sidkeyd.sock", "/run/sidkeyd/socket/sidkeyd.sock")
+    container = DaemonContainer(IMAGE, write_config_dir(tmp_path / "etc", config, KEYS))
+    try:
+        docker(
+            "run", "--detach", "--name", container.name, "--read-only",
+            "--volume", f"{empty_dir}:/run/sidkeyd",
+            "--volume", f"{container.config_dir}:/etc/sidkeyd:ro", IMAGE,
+        )  # fmt: skip
+        container.wait_for_event("daemon.started")
+        signed = docker(
+            "run", "--rm", "--read-only", "--user", CLIENT, "--group-add", str(SOCKET_GID),
+            "--volume", f"{empty_dir}:/run/sidkeyd:ro", IMAGE,
+            "sign", "--env", "sandbox", "--socket", "/run/sidkeyd/socket/sidkeyd.sock",
+            check=False,
+        )  # fmt: skip
+        assert 0 == signed.returncode, signed.stderr
     finally:
         container.remove()
