@@ -11,6 +11,7 @@ ARG BASE_IMAGE=debian:bookworm-slim
 # wheels `make wheels` puts in build/wheels (the host's pip, with its index and proxy settings,
 # fetches them; the build needs no access to PyPI).
 FROM ${BASE_IMAGE} AS build
+LABEL org.opencontainers.image.title=sidkeyd
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv \
     && rm -rf /var/lib/apt/lists/*
@@ -23,6 +24,7 @@ RUN python3 -m venv /opt/sidkeyd \
 
 # Runtime stage: Debian's python3 and the venv, nothing to build with.
 FROM ${BASE_IMAGE}
+LABEL org.opencontainers.image.title=sidkeyd
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 ca-certificates \
     && rm -rf /var/lib/apt/lists/* \

@@ -80,4 +80,6 @@ trap stop_dockerd EXIT
 base_image
 log "building $IMAGE_TAG from $BASE_TAG (wheels from make wheels)"
 docker build --quiet --build-arg BASE_IMAGE="$BASE_TAG" -t "$IMAGE_TAG" . >/dev/null
+# Earlier builds' images, untagged by this one (every layer of ours carries the label).
+docker image prune --force --filter label=org.opencontainers.image.title=sidkeyd >/dev/null
 SIDKEYD_IMAGE=$IMAGE_TAG "$@" tests/image
