@@ -27,6 +27,7 @@ from containers import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
+GROUP_RULE_GID = 20010  # a supplementary group of the client, named nowhere in the image
 KEY = "image-test-key-5d1c8a0f3e9b2746"
 KEYS = f'["smileid/sandbox"]\napi_key = "{KEY}"\npartner_id = "085"\n'
 CONFIG = f"""
@@ -45,6 +46,12 @@ secret = "smileid/sandbox"
 [environments.sandbox.allow]
 users = [{CLIENT_UID}]
 
+[environments.by_group]
+source = "local"
+secret = "smileid/sandbox"
+[environments.by_group.allow]
+groups = [{GROUP_RULE_GID}]
+
 [environments.narrowed]
 source = "local"
 secret = "smileid/sandbox"
@@ -53,6 +60,7 @@ users = [{CLIENT_UID}]
 executables = ["/opt/sidkeyd/bin/python3"]
 """
 CLIENT = f"{CLIENT_UID}:{CLIENT_UID}"
+OTHER = f"{OTHER_UID}:{OTHER_UID}"
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +113,19 @@ def test_client_container_in_the_socket_group_signs_and_verifies(
 
 def test_uid_not_in_allow_is_refused_across_containers(daemon: DaemonContainer) -> None:
     """uid 20002 reaches the socket (same group) but is not in [allow]: 403."""
-    refused = daemon.client("sign", "--env", "sandbox", user=f"{OTHER_UID}:{OTHER_UID}")
+    refused = daemon.client("sign", "--env", "sandbox", user=OTHER)
     assert 1 == refused.returncode
     assert "forbidden" in refused.stderr
     daemon.wait_for_event("request.rejected", reason="forbidden", peer_uid=OTHER_UID)
+
+
+def test_supplementary_group_rule_holds_across_containers(daemon: DaemonContainer) -> None:
+    """groups = [20010]: a client with that extra group signs (SO_PEERGROUPS), one without not."""
+    with_group = daemon.client(
+        "sign", "--env", "by_group", user=OTHER, groups=(SOCKET_GID, GROUP_RULE_GID)
+    )
+    without = daemon.client("sign", "--env", "by_group", user=OTHER)
+    assert (0, 1) == (with_group.returncode, without.returncode), with_group.stderr
 
 
 def test_client_outside_the_socket_group_cannot_connect(daemon: DaemonContainer) -> None:
