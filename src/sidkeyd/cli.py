@@ -204,6 +204,7 @@ def _load(path: Path) -> Config | None:
 
 def _check_config(path: Path, *, online: bool = False) -> int:
     from sidkeyd.config_loader import missing_files
+    from sidkeyd.namespaces import namespace_warnings
 
     config = _load(path)
     if config is None:
@@ -215,7 +216,7 @@ def _check_config(path: Path, *, online: bool = False) -> int:
             print(f"  {problem.key}: {problem.reason}", file=sys.stderr)
         return EXIT_CONFIG
     print(f"{path}: ok ({len(config.environments)} environments, {len(config.sources)} sources)")
-    for warning in config.warnings():
+    for warning in [*config.warnings(), *namespace_warnings(config)]:
         print(f"  warning: {warning}")
     return _check_online(config) if online else EXIT_OK
 

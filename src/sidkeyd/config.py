@@ -25,7 +25,7 @@ SignerKind = Literal["local", "transit", "kms"]
 class ServerConfig:
     socket: Path = DEFAULT_SOCKET_PATH
     socket_mode: int = 0o660
-    socket_group: str | None = None
+    socket_group: str | int | None = None  # a group name, or a numeric gid
     timestamp_skew: timedelta = timedelta(minutes=5)
     max_connections: int = 256
     # One uid cannot take every slot. Left out of the file, min(64, max_connections).

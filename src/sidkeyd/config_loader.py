@@ -143,7 +143,7 @@ def _server(table: TomlTable) -> ServerConfig:
     config = ServerConfig(
         socket=table.path("socket", d.socket) or d.socket,
         socket_mode=table.mode("socket_mode", d.socket_mode),
-        socket_group=table.optional_str("socket_group"),
+        socket_group=table.name_or_id("socket_group"),
         timestamp_skew=table.duration("timestamp_skew", d.timestamp_skew),
         max_connections=max_connections,
         max_connections_per_uid=per_uid,
@@ -332,16 +332,17 @@ def _vault_source(name: str, table: TomlTable) -> VaultSourceConfig:
 
 def _policy(table: TomlTable, empty: AccessPolicy | None) -> AccessPolicy:
     """uids/users, gids/groups and executables; names are resolved now, not at request time."""
+    # A numeric id is taken as it is: a client container's users need not exist here.
     uids = set(table.int_list("uids"))
-    for user in table.str_list("users"):
+    for user in table.names_or_ids("users"):
         try:
-            uids.add(pwd.getpwnam(user).pw_uid)
+            uids.add(user if isinstance(user, int) else pwd.getpwnam(user).pw_uid)
         except KeyError:
             table.problem("users", f"no such user {user!r}")
     gids = set(table.int_list("gids"))
-    for group in table.str_list("groups"):
+    for group in table.names_or_ids("groups"):
         try:
-            gids.add(grp.getgrnam(group).gr_gid)
+            gids.add(group if isinstance(group, int) else grp.getgrnam(group).gr_gid)
         except KeyError:
             table.problem("groups", f"no such group {group!r}")
     executables = set()

@@ -119,6 +119,27 @@ class TomlTable:
             return ()
         return tuple(value)
 
+    def names_or_ids(self, key: str) -> tuple[str | int, ...]:
+        """Names (strings) and numeric ids (integers or digit strings, which become integers)."""
+        value = self._get(key, list, "a list of names or numeric ids")
+        if value is None:
+            return ()
+        items = [_name_or_id(item) for item in value]
+        if not all(item is not None for item in items):
+            self.problem(key, f"must list names or numeric ids from 0 to {MAX_ID}")
+            return ()
+        return tuple(cast("list[str | int]", items))
+
+    def name_or_id(self, key: str) -> str | int | None:
+        """One name or numeric id (an integer or a digit string, which becomes an integer)."""
+        self._seen.add(key)
+        if key not in self._data:
+            return None
+        value = _name_or_id(self._data[key])
+        if value is None:
+            self.problem(key, f"must be a name or a numeric id from 0 to {MAX_ID}")
+        return value
+
     def integer(self, key: str, default: int, low: int, high: int) -> int:
         value = self._get(key, int, "an integer")
         if value is None:
@@ -202,3 +223,17 @@ class TomlTable:
                 self.problem(
                     key, f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
                 )
+
+
+MAX_ID = 4_294_967_294  # uid_t and gid_t are 32 bits; (uid_t)-1 means "no change"
+
+
+def _name_or_id(value: object) -> str | int | None:
+    """An id as chown and docker's --user take it: 1001 and "1001" are ids, "app" is a name."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if type(value) is int:
+        return value if 0 <= value <= MAX_ID else None
+    if isinstance(value, str) and value.strip():
+        return value
+    return None

@@ -13,6 +13,7 @@ The tree::
     ├── StartupError                the daemon cannot start serving (``cli`` exits 3)
     │   ├── SocketInUseError        another live daemon answers on the socket path
     │   ├── UnsafeSocketPathError   the socket path or its folder is unsafe to bind
+    │   ├── SocketFolderError       the filesystem refused a step of making the socket (names it)
     │   └── HardeningError          a hardening step the config asks for failed (also OSError)
     ├── RequestError                one request is refused; caught where raised, it becomes the
     │   │                           response (status, code, message), never escapes the daemon
@@ -117,6 +118,10 @@ class SocketInUseError(StartupError):
 
 class UnsafeSocketPathError(StartupError):
     """The socket path is not safe to bind (not a socket, a symlink, an open folder...)."""
+
+
+class SocketFolderError(StartupError):
+    """A filesystem call making the socket failed: the message names the path and the ids."""
 
 
 class HardeningError(StartupError, OSError):

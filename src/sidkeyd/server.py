@@ -27,6 +27,7 @@ from sidkeyd.keystore import KeyStore
 from sidkeyd.log import get_logger, stdout_outlet
 from sidkeyd.metrics import NO_METRICS, Metrics
 from sidkeyd.metrics_listener import serve_metrics
+from sidkeyd.namespaces import namespace_warnings
 from sidkeyd.notify import Notifier, Watchdog
 from sidkeyd.process import harden_process
 from sidkeyd.rejections import RejectionLog
@@ -84,7 +85,7 @@ class Server:
             dumpable=hardening.dumpable,
             memory_locked=hardening.memory_locked,
         )
-        for warning in config.warnings():
+        for warning in [*config.warnings(), *namespace_warnings(config)]:
             self._log.warning("config.warning", message=warning)
         audit = self._audit_trail(config)  # before the socket: one that cannot open stops here
         sock = inherited_socket()

@@ -12,7 +12,12 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from sidkeyd.errors import SocketInUseError, UnsafeSocketPathError
+from sidkeyd.errors import (
+    SocketFolderError,
+    SocketInUseError,
+    StartupError,
+    UnsafeSocketPathError,
+)
 
 
 def probe(path: Path, timeout: float = 1.0) -> bool:
@@ -31,7 +36,8 @@ def probe(path: Path, timeout: float = 1.0) -> bool:
 
 
 def _check_folder(folder: Path) -> None:
-    info = folder.stat()
+    with _naming("read the socket folder", folder):
+        info = folder.stat()
     if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
         raise UnsafeSocketPathError(
             f"{folder} is writable by every user and not sticky: another user could replace "
@@ -41,20 +47,24 @@ def _check_folder(folder: Path) -> None:
 
 def _clear_stale(path: Path) -> None:
     try:
-        info = path.lstat()
+        with _naming("look at the socket path", path):
+            info = path.lstat()
     except FileNotFoundError:
         return
     if stat.S_ISLNK(info.st_mode):
         raise UnsafeSocketPathError(f"{path} is a symbolic link; refusing to bind through it")
     if not stat.S_ISSOCK(info.st_mode):
         raise UnsafeSocketPathError(f"{path} exists and is not a socket; refusing to replace it")
-    if probe(path):
+    with _naming("probe the socket left at", path):
+        live = probe(path)
+    if live:
         raise SocketInUseError(f"another process is serving on {path}")
-    path.unlink()
+    with _naming("remove the stale socket", path):
+        path.unlink()
 
 
 def bind_unix_socket(
-    path: Path, mode: int, group: str | None, backlog: int = 1024
+    path: Path, mode: int, group: str | int | None, backlog: int = 1024
 ) -> socket.socket:
     """Bind and listen at ``path`` with ``mode`` and ``group``.
 
@@ -65,15 +75,17 @@ def bind_unix_socket(
     another file. The socket is never reachable by more users than configured.
     """
     gid = _group_id(group)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    with _naming("create the socket folder", path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     _check_folder(path.parent)
     _clear_stale(path)
     with _private_folder(path.parent) as (private_fd, private_path):
         sock = _bind_privately(private_fd, private_path, mode, gid)
         try:
-            sock.listen(backlog)  # before it is reachable: a probe must never find it refusing
+            with _naming("listen on the socket in", private_path):
+                sock.listen(backlog)  # before it is reachable: a probe must never find it refusing
             _link_into_place(private_fd, path)
-        except OSError:
+        except (OSError, StartupError):
             sock.close()
             raise
     sock.setblocking(False)
@@ -83,9 +95,11 @@ def bind_unix_socket(
 _NODE = "s"  # the socket's name inside the private folder
 
 
-def _group_id(group: str | None) -> int:
+def _group_id(group: str | int | None) -> int:
     if group is None:
         return -1
+    if isinstance(group, int):
+        return group  # a gid need not be named here (a client container's group)
     try:
         return grp.getgrnam(group).gr_gid
     except KeyError:
@@ -95,10 +109,12 @@ def _group_id(group: str | None) -> int:
 @contextlib.contextmanager
 def _private_folder(folder: Path) -> Iterator[tuple[int, Path]]:
     """A new 0700 folder beside the socket (same filesystem, for link), held open by fd."""
-    private = Path(tempfile.mkdtemp(prefix=".", dir=folder))
+    with _naming("write to the socket folder", folder):
+        private = Path(tempfile.mkdtemp(prefix=".", dir=folder))
     try:
-        fd = os.open(private, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
+        with _naming("open the private folder", private):
+            fd = os.open(private, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (OSError, StartupError):
         with contextlib.suppress(OSError):
             os.rmdir(private)
         raise
@@ -121,7 +137,8 @@ def _bind_privately(private_fd: int, private_path: Path, mode: int, gid: int) ->
     try:
         old_umask = os.umask(0o777 & ~mode)
         try:
-            sock.bind(_bind_address(private_fd, private_path))
+            with _naming("bind the socket in", private_path):
+                sock.bind(_bind_address(private_fd, private_path))
         finally:
             os.umask(old_umask)
         try:
@@ -131,10 +148,13 @@ def _bind_privately(private_fd: int, private_path: Path, mode: int, gid: int) ->
                 f"{private_path} was replaced while binding the socket"
             ) from None
         if stat.S_IMODE(node.st_mode) != mode:  # a default ACL on the folder overrides the umask
-            os.chmod(_NODE, mode, dir_fd=private_fd)  # only we can add entries there
+            with _naming("set the socket's mode in", private_path):
+                os.chmod(_NODE, mode, dir_fd=private_fd)  # only we can add entries there
         if gid != -1:
-            os.chown(_NODE, -1, gid, dir_fd=private_fd, follow_symlinks=False)
-    except OSError:
+            doing = f"give socket_group {gid} (sidkeyd must be in it) to the socket in"
+            with _naming(doing, private_path):
+                os.chown(_NODE, -1, gid, dir_fd=private_fd, follow_symlinks=False)
+    except (OSError, StartupError):
         sock.close()
         raise
     return sock
@@ -153,12 +173,44 @@ _SUN_PATH_MAX = 107
 
 def _link_into_place(private_fd: int, path: Path) -> None:
     try:
-        os.link(_NODE, path, src_dir_fd=private_fd, follow_symlinks=False)
+        with _naming("link the socket to", path):
+            os.link(_NODE, path, src_dir_fd=private_fd, follow_symlinks=False)
     except FileExistsError:
         raise UnsafeSocketPathError(
             f"{path} appeared while binding: another daemon, or someone else who can write to "
             f"{path.parent}"
         ) from None
+
+
+@contextlib.contextmanager
+def _naming(doing: str, path: Path) -> Iterator[None]:
+    """An OSError of this step, as a SocketFolderError that names the path (and who we are).
+
+    FileNotFoundError and FileExistsError pass: the callers decide what those mean.
+    """
+    try:
+        yield
+    except (FileNotFoundError, FileExistsError):
+        raise
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise SocketFolderError(f"cannot {doing} {path}: {reason}{_why(exc, path)}") from exc
+
+
+def _why(exc: OSError, path: Path) -> str:
+    """For a refusal: the daemon's ids beside the owner and mode of the folder in the way."""
+    if exc.errno == errno.EROFS:
+        return " (a read-only filesystem: mount a writable volume at the socket's folder)"
+    if exc.errno not in (errno.EACCES, errno.EPERM):
+        return ""
+    groups = ",".join(str(g) for g in sorted({os.getegid(), *os.getgroups()}))
+    who = f"sidkeyd runs as uid {os.geteuid()}, groups {groups}"
+    with contextlib.suppress(OSError, StopIteration):
+        folder = next(p for p in (path, *path.parents) if os.path.lexists(p))
+        info = folder.stat()
+        owner = f"uid {info.st_uid}, gid {info.st_gid}, mode {stat.S_IMODE(info.st_mode):04o}"
+        return f" ({who}; {folder} has {owner})"
+    return f" ({who})"
 
 
 def remove_socket(path: Path, inode: int) -> None:

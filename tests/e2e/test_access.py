@@ -285,9 +285,10 @@ def test_daemon_is_hardened(daemon: Daemon) -> None:
 def test_executables_only_environment_is_warned_about(daemon: Daemon) -> None:
     """production lists only executables, which any socket user can pass: warned at start."""
     warnings = [e["message"] for e in daemon.events("config.warning")]
-    assert [True] == [
+    # Once; the warning that executables fail across containers (namespaces.py) comes too.
+    assert 1 == sum(
         w.startswith("environments.production.allow: only executables") for w in warnings
-    ]
+    )
 
 
 def test_open_environment_is_warned_about(start_daemon) -> None:

@@ -404,3 +404,50 @@ def test_invalid_audit_settings_are_named_with_their_path() -> None:
         "audit.stdout", "audit.fsync", "audit.write_timeout", "audit.on_audit_failure",
         "audit.checkpoint_interval",
     } == set(found)  # fmt: skip
+
+
+def test_socket_group_defaults_to_none() -> None:
+    """Without socket_group the socket keeps the daemon's own group."""
+    assert None is parse(MINIMAL).server.socket_group
+
+
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [("10010", 10010), ('"10010"', 10010), ('"nogroup"', "nogroup")],
+)
+def test_socket_group_takes_a_name_or_a_numeric_gid(written: str, expected: str | int) -> None:
+    """A gid (integer or digit string) is kept as a number, a name as a name."""
+    config = parse(MINIMAL + f"\n[server]\nsocket_group = {written}\n")
+    assert expected == config.server.socket_group
+
+
+@pytest.mark.parametrize("written", ["-1", "4294967295", "true", '""', "[10010]"])
+def test_socket_group_that_is_no_name_or_gid_is_named(written: str) -> None:
+    """A negative or too large id, a boolean, an empty string or a list: server.socket_group."""
+    found = problems(MINIMAL + f"\n[server]\nsocket_group = {written}\n")
+    assert "must be a name or a numeric id" in found["server.socket_group"]
+
+
+def test_allow_users_and_groups_take_numeric_ids_that_no_local_name_has() -> None:
+    """A client container's uid and gid need no entry in the daemon's /etc/passwd or group."""
+    config = parse(
+        MINIMAL
+        + """
+[environments.sandbox.allow]
+users = [20001, "20002", "nobody"]
+groups = [20010, "20011"]
+"""
+    )
+    import pwd
+
+    policy = config.environments["sandbox"].allow
+    assert policy is not None
+    assert frozenset({20001, 20002, pwd.getpwnam("nobody").pw_uid}) == policy.uids
+    assert frozenset({20010, 20011}) == policy.gids
+
+
+def test_allow_ids_out_of_range_are_named_with_their_key() -> None:
+    """A negative uid in users and a float in groups are problems naming each key."""
+    found = problems(MINIMAL + "\n[environments.sandbox.allow]\nusers = [-5]\ngroups = [1.5]\n")
+    assert "must list names or numeric ids" in found["environments.sandbox.allow.users"]
+    assert "must list names or numeric ids" in found["environments.sandbox.allow.groups"]

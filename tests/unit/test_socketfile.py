@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import grp
 import os
+import pwd
 import socket
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,22 @@ def test_unknown_group_is_refused(folder: Path) -> None:
     """A socket_group that does not exist is an error, not a silent default."""
     with pytest.raises(UnsafeSocketPathError, match="does not exist"):
         bind_unix_socket(folder / "g.sock", 0o660, "no-such-group-sidkeyd")
+
+
+def test_numeric_group_that_has_no_name_is_given_to_the_socket(folder: Path) -> None:
+    """A gid only a client container knows (no /etc/group entry here) is set as it is."""
+    unnamed_gid = next(gid for gid in range(20010, 30000) if not _group_exists(gid))
+    path = folder / "n.sock"
+    with bind_unix_socket(path, 0o660, unnamed_gid):
+        assert unnamed_gid == path.stat().st_gid
+
+
+def _group_exists(gid: int) -> bool:
+    try:
+        grp.getgrgid(gid)
+    except KeyError:
+        return False
+    return True
 
 
 def test_remove_socket_leaves_a_replacement_alone(folder: Path) -> None:
@@ -171,3 +188,79 @@ def test_a_file_that_appears_during_bind_is_not_replaced(
     with pytest.raises(UnsafeSocketPathError, match="appeared while binding"):
         bind_unix_socket(path, 0o600, None)
     assert (True, ["late.sock"]) == (path.is_symlink(), os.listdir(folder))
+
+
+NOBODY = pwd.getpwnam("nobody")
+
+
+def _error_as_nobody(call: Callable[[], object]) -> str:
+    """Run ``call`` in a child process as nobody; its exception's type and message, or ''."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        os.close(read_end)
+        result = ""
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY.pw_gid)
+            os.setuid(NOBODY.pw_uid)
+            call()
+        except BaseException as exc:  # reported to the parent, whatever it is
+            result = f"{type(exc).__name__}: {exc}"
+        os.write(write_end, result.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        message = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return message
+
+
+@pytest.fixture
+def root_owned(folder: Path) -> Path:
+    """A folder others can enter but not write to (root's, 0755), inside one they can enter."""
+    os.chmod(folder, 0o755)
+    locked = folder / "locked"
+    locked.mkdir(mode=0o755)
+    return locked
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become nobody")
+def test_unwritable_socket_folder_is_named_with_the_ids_in_the_way(root_owned: Path) -> None:
+    """A folder the daemon's uid cannot write: the error names it, its owner and the daemon's ids.
+
+    Before, this was a bare PermissionError naming only a random private folder.
+    """
+    message = _error_as_nobody(lambda: bind_unix_socket(root_owned / "s.sock", 0o660, None))
+    assert message.startswith(
+        f"SocketFolderError: cannot write to the socket folder {root_owned}: Permission denied"
+    )
+    assert f"sidkeyd runs as uid {NOBODY.pw_uid}" in message
+    assert f"{root_owned} has uid 0, gid 0, mode 0755" in message
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become nobody")
+def test_socket_folder_that_cannot_be_created_is_named(root_owned: Path) -> None:
+    """The missing folder and the existing parent that refuses it are both named."""
+    missing = root_owned / "sidkeyd"
+    message = _error_as_nobody(lambda: bind_unix_socket(missing / "s.sock", 0o660, None))
+    assert message.startswith(
+        f"SocketFolderError: cannot create the socket folder {missing}: Permission denied"
+    )
+    assert f"{root_owned} has uid 0" in message
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become nobody")
+def test_socket_group_the_daemon_is_not_in_is_named(folder: Path) -> None:
+    """chown to a group the daemon's uid is not in: the gid and what to do, not a bare EPERM."""
+    os.chmod(folder, 0o755)
+    writable = folder / "mine"
+    writable.mkdir()
+    os.chown(writable, NOBODY.pw_uid, NOBODY.pw_gid)
+    message = _error_as_nobody(lambda: bind_unix_socket(writable / "s.sock", 0o660, 0))
+    assert message.startswith(
+        "SocketFolderError: cannot give socket_group 0 (sidkeyd must be in it) to the socket in "
+        f"{writable}/."
+    )
+    assert "Operation not permitted" in message
+    assert not (writable / "s.sock").exists()
