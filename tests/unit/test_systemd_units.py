@@ -62,3 +62,40 @@ def test_the_service_is_type_notify_with_a_watchdog() -> None:
         line for line in text.splitlines() if line.startswith(("Type=", "NotifyAccess="))
     ]
     assert re.search(r"^WatchdogSec=\d+s$", text, re.MULTILINE)
+
+
+def unit_setting(name: str, key: str) -> str:
+    """The one value of ``key=`` in a shipped unit."""
+    values = re.findall(rf"^{key}=(.*)$", (UNITS / name).read_text(), re.MULTILINE)
+    assert 1 == len(values), f"{name}: {key}= {values}"
+    return str(values[0])
+
+
+def test_the_units_documentation_is_installed_beside_the_binary(tmp_path: Path) -> None:
+    """Documentation= names a file that installing the package puts where the unit says.
+
+    The unit runs /usr/local/bin/sidkeyd, i.e. an install with the prefix /usr/local. The files
+    the Dockerfile copies are built and installed here into a scratch prefix (never touching
+    this environment's own install: --ignore-installed), and the documentation path under
+    /usr/local must exist under it, beside bin/sidkeyd.
+    """
+    prefix = Path("/usr/local")
+    binary = Path(unit_setting("sidkeyd.service", "ExecStart").split()[0])
+    assert prefix / "bin" / "sidkeyd" == binary
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(UNITS.parent / name, project / name)
+    shutil.copytree(UNITS.parent / "src" / "sidkeyd", project / "src" / "sidkeyd")
+    installed = tmp_path / "prefix"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile",
+         "--ignore-installed", "--prefix", str(installed), str(project)],
+        check=True, timeout=300, capture_output=True,
+    )  # fmt: skip
+    for name in ("sidkeyd.service", "sidkeyd.socket"):
+        documentation = Path(unit_setting(name, "Documentation").removeprefix("file://"))
+        assert documentation.is_relative_to(prefix), f"{name}: {documentation}"
+        copy = installed / documentation.relative_to(prefix)
+        assert (UNITS.parent / "README.md").read_text() == copy.read_text()
+    assert (installed / "bin" / "sidkeyd").exists()
