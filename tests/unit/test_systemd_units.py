@@ -99,3 +99,52 @@ def test_the_units_documentation_is_installed_beside_the_binary(tmp_path: Path) 
         copy = installed / documentation.relative_to(prefix)
         assert (UNITS.parent / "README.md").read_text() == copy.read_text()
     assert (installed / "bin" / "sidkeyd").exists()
+
+
+def systemd_tool(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is missing (Debian's systemd package)")
+        pytest.skip(f"{name} is not installed here")
+    return found
+
+
+def test_sysusers_creates_the_user_and_groups(tmp_path: Path) -> None:
+    """systemd-sysusers, on an empty root, accepts the shipped file and makes its user, groups."""
+    (tmp_path / "etc").mkdir()
+    result = subprocess.run(
+        [systemd_tool("systemd-sysusers"), f"--root={tmp_path}",
+         str(UNITS / "sidkeyd.sysusers.conf")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert 0 == result.returncode, result.stderr  # it reports what it creates on stderr
+    users = [line.split(":")[0] for line in (tmp_path / "etc/passwd").read_text().splitlines()]
+    groups = [line.split(":")[0] for line in (tmp_path / "etc/group").read_text().splitlines()]
+    assert (["sidkeyd"], ["sidkeyd", "sidkeyd-clients"]) == (users, sorted(groups))
+
+
+def test_tmpfiles_makes_the_config_folder_for_the_daemons_group(tmp_path: Path) -> None:
+    """systemd-tmpfiles, after sysusers, makes /etc/sidkeyd: root, the daemon's group, 0750."""
+    (tmp_path / "etc").mkdir()
+    sysusers = UNITS / "sidkeyd.sysusers.conf"
+    subprocess.run(
+        [systemd_tool("systemd-sysusers"), f"--root={tmp_path}", str(sysusers)],
+        capture_output=True, timeout=60, check=True,
+    )  # fmt: skip
+    result = subprocess.run(
+        [systemd_tool("systemd-tmpfiles"), f"--root={tmp_path}", "--create",
+         str(UNITS / "sidkeyd.tmpfiles.conf")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert (0, "") == (result.returncode, result.stderr.strip())
+    folder = (tmp_path / "etc/sidkeyd").stat()
+    group_ids = {
+        line.split(":")[0]: int(line.split(":")[2])
+        for line in (tmp_path / "etc/group").read_text().splitlines()
+    }
+    assert (0o750, 0, group_ids["sidkeyd"]) == (
+        folder.st_mode & 0o7777,
+        folder.st_uid,
+        folder.st_gid,
+    )
