@@ -124,8 +124,14 @@ def test_sysusers_creates_the_user_and_groups(tmp_path: Path) -> None:
     assert (["sidkeyd"], ["sidkeyd", "sidkeyd-clients"]) == (users, sorted(groups))
 
 
-def test_tmpfiles_makes_the_config_folder_for_the_daemons_group(tmp_path: Path) -> None:
-    """systemd-tmpfiles, after sysusers, makes /etc/sidkeyd: root, the daemon's group, 0750."""
+def ids_in(table: Path) -> dict[str, int]:
+    """Name to id in an /etc/passwd or /etc/group file."""
+    return {line.split(":")[0]: int(line.split(":")[2]) for line in table.read_text().splitlines()}
+
+
+def test_tmpfiles_makes_the_config_and_socket_folders(tmp_path: Path) -> None:
+    """systemd-tmpfiles, after sysusers, makes /etc/sidkeyd (root, the daemon's group, 0750) and
+    /run/sidkeyd (the daemon's, 0755: its clients traverse it to reach the socket)."""
     (tmp_path / "etc").mkdir()
     sysusers = UNITS / "sidkeyd.sysusers.conf"
     subprocess.run(
@@ -138,13 +144,8 @@ def test_tmpfiles_makes_the_config_folder_for_the_daemons_group(tmp_path: Path) 
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert (0, "") == (result.returncode, result.stderr.strip())
-    folder = (tmp_path / "etc/sidkeyd").stat()
-    group_ids = {
-        line.split(":")[0]: int(line.split(":")[2])
-        for line in (tmp_path / "etc/group").read_text().splitlines()
-    }
-    assert (0o750, 0, group_ids["sidkeyd"]) == (
-        folder.st_mode & 0o7777,
-        folder.st_uid,
-        folder.st_gid,
-    )
+    uid, gid = (ids_in(tmp_path / "etc" / name)["sidkeyd"] for name in ("passwd", "group"))
+    folders = [(tmp_path / name).stat() for name in ("etc/sidkeyd", "run/sidkeyd")]
+    assert [(0o750, 0, gid), (0o755, uid, gid)] == [
+        (folder.st_mode & 0o7777, folder.st_uid, folder.st_gid) for folder in folders
+    ]
