@@ -385,15 +385,15 @@ def seconds(value: float) -> str:
 
 def table(results: list[Result], rotations: int) -> list[str]:
     lines = [
-        "| mode | every host p50 | p95 | max | one host p50 | calls/host/hour (idle) "
-        "| calls/host/rotation |",
-        "|---|---:|---:|---:|---:|---|---|",
+        "| mode | converged | every host p50 | p95 | max | one host p50 "
+        "| calls/host/hour (idle) | calls/host/rotation |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in results:
         hours = r.idle_s / 3600
         idle = {op: count / r.hosts / hours for op, count in sorted(r.idle_calls.items())}
         idle_text = ", ".join(f"{op} {rate:,.0f}" for op, rate in idle.items()) or "none"
-        total = sum(idle.get(op, 0.0) for op in PERIODIC)
+        total = sum(idle.values())
         rotation = {
             op: count / r.hosts / rotations
             for op, count in sorted(r.rotation_calls.items())
@@ -401,7 +401,8 @@ def table(results: list[Result], rotations: int) -> list[str]:
         }
         rotation_text = ", ".join(f"{op} {rate:.1f}" for op, rate in rotation.items())
         lines.append(
-            f"| {r.mode} | {seconds(statistics.median(r.fleet_s))} "
+            f"| {r.mode} | {len(r.host_s)}/{r.hosts * rotations} "
+            f"| {seconds(statistics.median(r.fleet_s))} "
             f"| {seconds(quantile(r.fleet_s, 0.95))} | {seconds(max(r.fleet_s))} "
             f"| {seconds(statistics.median(r.host_s))} | **{total:,.0f}**: {idle_text} "
             f"| {rotation_text} |"
