@@ -186,7 +186,7 @@ echo "ok: a user outside sidkeyd-clients cannot connect"
 inside systemctl reload sidkeyd.service || fail "systemctl reload"
 check "reload keeps the process" "$pid" "$(show sidkeyd.service MainPID)"
 for _ in $(seq 50); do
-    inside journalctl -u sidkeyd -o cat --no-pager | grep -q '"refresh.forced".*"signal"\|"trigger": "signal"' && break
+    inside journalctl -u sidkeyd -o cat --no-pager | grep -q '"trigger": "signal"' && break
     sleep 0.1
 done
 inside journalctl -u sidkeyd -o cat --no-pager | grep -q '"trigger": "signal"' \
