@@ -3,7 +3,7 @@
 # with systemd-nspawn, sidkeyd installed in it from wheels built here (pyproject.toml, README.md
 # and src/, as the Dockerfile copies them), the sysusers/tmpfiles files applied, then: socket
 # activation, READY/STATUS, the watchdog setting, a client in sidkeyd-clients and one outside,
-# reload, stop (the socket stays), activation again, and the daemon binding the socket itself
+# reload (applied, and refused for an invalid file), stop (the socket stays), activation again, and the daemon binding the socket itself
 # with socket_group; checked with systemctl, journalctl and real clients.
 #
 #   sudo PYTHON=.venv/bin/python tests/systemd/run-under-nspawn.sh     # from anywhere
@@ -41,14 +41,10 @@ if [ ! -x "$CACHE/lib/systemd/systemd" ]; then
     echo "debootstrap into $CACHE (once)"
     rm -rf "$CACHE.partial"
     mkdir -p "$(dirname "$CACHE")"
-    debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,procps,python3,python3-pip \
+    debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,python3,python3-pip \
         bookworm "$CACHE.partial" http://deb.debian.org/debian >"$CACHE.log" 2>&1 \
         || fail "debootstrap (see $CACHE.log)"
     mv "$CACHE.partial" "$CACHE"
-fi
-if [ ! -x "$CACHE/bin/kill" ]; then  # ExecReload=/bin/kill: procps, not in minbase
-    systemd-nspawn --quiet --register=no --keep-unit --directory="$CACHE" \
-        apt-get install --yes --quiet procps >"$CACHE.log" 2>&1 || fail "procps (see $CACHE.log)"
 fi
 
 WORK=$(mktemp -d /tmp/sidkeyd-nspawn-XXXXXX)
@@ -85,6 +81,9 @@ socket_group = "sidkeyd-clients"
 
 [log]
 format = "json"
+
+[audit]
+path = "/var/log/sidkeyd/audit.jsonl"   # LogsDirectory= makes the folder writable
 
 [sources.local]
 type = "file"
@@ -182,17 +181,23 @@ check "a member of sidkeyd-clients signs" "$version" "$(AS=client sign)"
 AS=stranger sign 2>/dev/null && fail "a user outside sidkeyd-clients could sign"
 echo "ok: a user outside sidkeyd-clients cannot connect"
 
-# Reload (ExecReload: SIGHUP): same process, every environment checked again.
+# Reload (ExecReload: sidkeyd reload, synchronous): same process, the config re-read and
+# every environment checked again (trigger reload).
 inside systemctl reload sidkeyd.service || fail "systemctl reload"
 check "reload keeps the process" "$pid" "$(show sidkeyd.service MainPID)"
-for _ in $(seq 50); do
-    inside journalctl -u sidkeyd -o cat --no-pager | grep -q '"trigger": "signal"' && break
-    sleep 0.1
-done
-inside journalctl -u sidkeyd -o cat --no-pager | grep -q '"trigger": "signal"' \
-    || fail "no check forced by the reload in the journal"
-echo "ok: reload forced a check (trigger signal)"
+check "running after the reload (READY=1 again)" running "$(show sidkeyd.service SubState)"
+inside journalctl -u sidkeyd -o cat --no-pager | grep -q '"event": "config.reloaded"' \
+    || fail "no config.reloaded in the journal"
+echo "ok: the reload applied the config (config.reloaded)"
 check "signs after the reload" "$version" "$(sign)"
+
+# The audit trail, under ProtectSystem=strict: written (LogsDirectory=), private, and its chain
+# verifies.
+check "audit file private to the daemon" "-rw------- sidkeyd" \
+    "$(inside stat -c '%A %U' /var/log/sidkeyd/audit.jsonl)"
+inside sidkeyd audit verify /var/log/sidkeyd/audit.jsonl >/dev/null || fail "sidkeyd audit verify"
+check "signatures in the audit trail" yes "$(inside sh -c \
+    'grep -q "\"signature.issued\"" /var/log/sidkeyd/audit.jsonl && echo yes || echo no')"
 
 # journald: each line's priority comes from its <N> prefix, and the prefix is not in the text.
 check "daemon.started at priority info (6)" 6 "$(inside journalctl -u sidkeyd -o json --no-pager \
@@ -222,4 +227,21 @@ inside systemctl stop sidkeyd.service || fail "systemctl stop"
 check "the daemon removed its own socket" no "$(inside sh -c "test -e $SOCKET && echo yes || echo no")"
 
 inside journalctl -u sidkeyd -p err --no-pager -q | grep . && fail "errors in the journal" || true
+
+# A refused reload (the last step: it logs an error on purpose): ExecReload fails, so
+# `systemctl reload` does; nothing changes and the daemon keeps serving.
+inside systemctl start sidkeyd.service || fail "systemctl start sidkeyd.service (refused reload)"
+pid=$(show sidkeyd.service MainPID)
+inside sh -c 'cp /etc/sidkeyd/sidkeyd.toml /root/good.toml
+    printf "\n[refresh]\nintervall = \"5s\"\n" >> /etc/sidkeyd/sidkeyd.toml'
+inside systemctl reload sidkeyd.service 2>/dev/null && fail "systemctl reload took an invalid config"
+echo "ok: systemctl reload fails on an invalid config"
+check "a refused reload keeps the process" "$pid" "$(show sidkeyd.service MainPID)"
+check "running after a refused reload" running "$(show sidkeyd.service SubState)"
+inside journalctl -u sidkeyd -o cat --no-pager | grep -q '"event": "config.reload_failed"' \
+    || fail "no config.reload_failed in the journal"
+check "signs after a refused reload" "$version" "$(sign)"
+inside cp /root/good.toml /etc/sidkeyd/sidkeyd.toml
+inside systemctl reload sidkeyd.service || fail "systemctl reload after the file was fixed"
+inside systemctl stop sidkeyd.service || fail "systemctl stop"
 echo "PASS: the units under systemd $(inside systemctl --version | head -n1 | cut -d' ' -f2)"
