@@ -169,10 +169,23 @@ class RemoteSigning:
                 f"({self.failing.code}) and {why}; retry when it is back",
             )
 
-    async def _call(self, call: Callable[..., T], *args: object) -> T:
+    async def _in_pool(self, call: Callable[..., T], *args: object) -> T:
+        """``call(*args)`` in the signing pool; a signer's bug is a failure like any other,
+        so that it can neither end the refill loop nor escape a request as a 500."""
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._pool, call, *args)
+        except SourceError:
+            raise
+        except Exception as exc:
+            raise TransientSourceError(
+                f"unexpected {type(exc).__name__} in the {self.signer.backend} signer",
+                code="signer_bug",
+            ) from exc
+
+    async def _call(self, call: Callable[..., T], *args: object) -> T:
+        try:
+            return await self._in_pool(call, *args)
         except SourceError as exc:
             self._log.warning(
                 "signer.call_failed",
@@ -216,7 +229,6 @@ class RemoteSigning:
 
     async def _fill(self) -> None:
         """Sign every whole second from the table's end (or now) to ``lead`` ahead."""
-        loop = asyncio.get_running_loop()
         now = self._clock()
         if self.table.start > now:  # the clock stepped back: those seconds are far ahead
             self.table.clear()
@@ -227,7 +239,7 @@ class RemoteSigning:
         while first < until:
             stamps = [whole_second(s) for s in range(first, min(first + self._config.batch, until))]
             messages = [signed_message(stamp, self._partner_id) for stamp in stamps]
-            signatures = await loop.run_in_executor(self._pool, self.signer.sign, messages)
+            signatures = await self._in_pool(self.signer.sign, messages)
             if self._retired:
                 return
             if len(signatures) != len(stamps):

@@ -256,3 +256,42 @@ async def test_a_clock_stepped_back_starts_the_table_afresh_at_now() -> None:
     signing.retire()
 
     assert whole_second(int(NOW - 3600)) == (presigned or ("", ""))[0]
+
+
+class BuggySigner(FakeSigner):
+    """A signer that raises what is not a ``SourceError`` (a malformed answer it misread)."""
+
+    def sign(self, messages: Sequence[bytes]) -> list[str]:
+        if self.down:
+            raise KeyError("Mac")
+        return super().sign(messages)
+
+
+@asynchronous
+async def test_a_signer_bug_in_a_refill_marks_it_failing_and_the_loop_refills_after() -> None:
+    """An unexpected exception is a failed refill (``signer_bug``), not the loop's end."""
+    signer, clock, waker = BuggySigner(), [NOW], Waker()
+    signer.down = True
+    signing = remote(signer, clock, sleep=waker.sleep)
+    signing.start()
+    await settle()
+    code = signing.failing.code if signing.failing is not None else None
+    signer.down = False
+    await waker.wake()
+    await settle()
+    refilled = (signing.failing, signing.presigned_for_s())
+    signing.retire()
+
+    assert ("signer_bug", (None, 599.75)) == (code, refilled)
+
+
+@asynchronous
+async def test_a_signer_bug_in_a_live_call_is_a_503_signer_unavailable() -> None:
+    """A caller's timestamp meets the bug as a precise 503, not an unexpected exception."""
+    signer, clock = BuggySigner(), [NOW]
+    signing = remote(signer, clock)
+    signer.down = True
+    with pytest.raises(KeyUnavailableError) as refused:
+        await signing.sign_live(whole_second(int(NOW)))
+
+    assert "signer_unavailable" == refused.value.code
