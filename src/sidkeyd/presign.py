@@ -121,6 +121,7 @@ class RemoteSigning:
         """This key version is no longer current: drop its table now, stop refilling."""
         self._retired = True
         self.table.clear()
+        self.failing = None  # no refill will clear it now: a verify of this version goes live
         if self._task is not None:
             self._task.cancel()
 

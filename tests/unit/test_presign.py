@@ -143,10 +143,11 @@ async def test_a_failed_refill_marks_the_signer_failing_and_an_empty_table_refus
     await settle()
     with pytest.raises(KeyUnavailableError) as exhausted:
         signing.presigned()
+    failing = signing.failing
     signing.retire()
 
-    assert signing.failing is not None
-    assert ("unreachable", "presign_exhausted") == (signing.failing.code, exhausted.value.code)
+    assert failing is not None
+    assert ("unreachable", "presign_exhausted") == (failing.code, exhausted.value.code)
 
 
 @asynchronous
@@ -295,3 +296,16 @@ async def test_a_signer_bug_in_a_live_call_is_a_503_signer_unavailable() -> None
         await signing.sign_live(whole_second(int(NOW)))
 
     assert "signer_unavailable" == refused.value.code
+
+
+@asynchronous
+async def test_a_retired_version_that_was_failing_still_verifies_live() -> None:
+    """Retired, no refill can clear ``failing``: the previous key's verify makes its one call."""
+    signer, clock = FakeSigner(), [NOW]
+    signing = remote(signer, clock)
+    signing.failing = TransientSourceError("down", code="unreachable")  # its last refill
+    signing.retire()  # a rotation: the backend answered the check again
+    stamp = whole_second(int(NOW) - 30)
+    valid = await signing.verify(stamp, _hmac(f"{stamp}085sid_request".encode()))
+
+    assert (True, 1) == (valid, signer.verify_calls)
