@@ -105,6 +105,7 @@ class RemoteSigning:
         self.table = PresignedTable()
         self.failing: SourceError | None = None  # the last refill failed: the backend is down
         self._task: asyncio.Task[None] | None = None
+        self._due = asyncio.Event()  # a request found no entry for now: refill without waiting
         self._retired = False
         self._log = get_logger()
 
@@ -133,6 +134,8 @@ class RemoteSigning:
         Raises ``presign_exhausted`` when the table has run out while the backend is failing.
         """
         found = self.table.get(int(self._clock()))
+        if found is None and self.failing is None:
+            self._due.set()  # the wall clock stepped out of the table, or it is not filled yet
         if found is None and self.failing is not None:
             raise KeyUnavailableError(
                 "presign_exhausted",
@@ -206,6 +209,7 @@ class RemoteSigning:
     async def _keep_filled(self) -> None:
         failures = 0
         while not self._retired:
+            self._due.clear()
             try:
                 await self._fill()
             except SourceError as exc:
@@ -226,7 +230,18 @@ class RemoteSigning:
                 self._log.info("presign.recovered", environment=self.environment, failures=failures)
             failures, self.failing = 0, None
             left = self.table.end - self._clock()
-            await self._sleep(max(1.0, left - self._config.refill_below.total_seconds()))
+            await self._nap(max(1.0, left - self._config.refill_below.total_seconds()))
+
+    async def _nap(self, delay: float) -> None:
+        """Sleep ``delay`` (the loop's clock, which a wall-clock step does not move) or until
+        a request misses the table, so that a step is followed by a refill at once."""
+        sleeper = asyncio.ensure_future(self._sleep(delay))
+        woken = asyncio.ensure_future(self._due.wait())
+        try:
+            await asyncio.wait((sleeper, woken), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            woken.cancel()
 
     async def _fill(self) -> None:
         """Sign every whole second from the table's end (or now) to ``lead`` ahead."""

@@ -309,3 +309,20 @@ async def test_a_retired_version_that_was_failing_still_verifies_live() -> None:
     valid = await signing.verify(stamp, _hmac(f"{stamp}085sid_request".encode()))
 
     assert (True, 1) == (valid, signer.verify_calls)
+
+
+@asynchronous
+async def test_a_clock_stepped_past_the_table_is_refilled_at_the_first_miss() -> None:
+    """The refill loop sleeps on the loop's clock: a wall-clock step forward would otherwise
+    send every request live until that sleep ends (minutes); the first miss wakes it."""
+    signer, clock, waker = FakeSigner(), [NOW], Waker()
+    signing = remote(signer, clock, sleep=waker.sleep)
+    signing.start()
+    await settle()
+    clock[0] = NOW + 3600  # an NTP step; the loop's sleep of ~300 s is not over
+    missed = signing.presigned()
+    await settle()
+    served = signing.presigned()
+    signing.retire()
+
+    assert (None, whole_second(int(NOW + 3600))) == (missed, (served or ("", ""))[0])
