@@ -104,6 +104,8 @@ class RemoteSigning:
         self._sleep = sleep  # between refills (tests wake it themselves)
         self.table = PresignedTable()
         self.failing: SourceError | None = None  # the last refill failed: the backend is down
+        # The last live call that failed transiently (monotonic time it failed, the error).
+        self._live_failure: tuple[float, TransientSourceError] | None = None
         self._task: asyncio.Task[None] | None = None
         self._due = asyncio.Event()  # a request found no entry for now: refill without waiting
         self._retired = False
@@ -189,7 +191,7 @@ class RemoteSigning:
 
     async def _call(self, call: Callable[..., T], *args: object) -> T:
         try:
-            return await self._in_pool(call, *args)
+            return await self._in_pool(self._live, time.monotonic(), call, *args)
         except SourceError as exc:
             self._log.warning(
                 "signer.call_failed",
@@ -203,6 +205,19 @@ class RemoteSigning:
                 f"the {self.signer.backend} signer for {self.environment!r} did not answer "
                 f"({exc.code}); retry later",
             ) from None
+
+    def _live(self, queued: float, call: Callable[..., T], *args: object) -> T:
+        """In a pool thread. A call queued before a live call failed transiently (a hung or
+        unreachable backend) fails with it at once: a burst then waits one timeout, not one
+        per pool's worth of calls ahead of it. A call queued after the failure tries again."""
+        failed = self._live_failure
+        if failed is not None and failed[0] >= queued:
+            raise TransientSourceError(failed[1].reason, code=failed[1].code)
+        try:
+            return call(*args)
+        except TransientSourceError as exc:
+            self._live_failure = (time.monotonic(), exc)
+            raise
 
     # -- refills ---------------------------------------------------------------------------
 

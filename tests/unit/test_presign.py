@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import threading
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Executor, Future
 from datetime import timedelta
@@ -16,6 +17,7 @@ from sidkeyd.config import PresignConfig
 from sidkeyd.errors import KeyUnavailableError, TransientSourceError
 from sidkeyd.presign import PresignedTable, RemoteSigning
 from sidkeyd.signing import compute_signature, whole_second
+from sidkeyd.threads import DaemonThreadPool
 
 KEY = "unit-presign-key-not-real-0000000000"
 NOW = 1_764_576_733.25  # 2025-12-01T08:12:13.250Z
@@ -326,3 +328,34 @@ async def test_a_clock_stepped_past_the_table_is_refilled_at_the_first_miss() ->
     signing.retire()
 
     assert (None, whole_second(int(NOW + 3600))) == (missed, (served or ("", ""))[0])
+
+
+class HangingSigner(FakeSigner):
+    """Each call waits until the test lets it time out, as a call to a hung backend does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timed_out = threading.Event()
+
+    def sign(self, messages: Sequence[bytes]) -> list[str]:
+        self.sign_calls.append(len(messages))
+        self.timed_out.wait(10)
+        raise TransientSourceError("signing: ReadTimeout", code="timeout")
+
+
+@asynchronous
+async def test_live_calls_queued_behind_a_timed_out_one_fail_with_it() -> None:
+    """A hung backend: the calls queued behind the first are answered when it times out,
+    without each waiting for its own timeout in turn."""
+    signer, clock = HangingSigner(), [NOW]
+    pool = DaemonThreadPool(1, "test-sign")
+    signing = RemoteSigning("sandbox", "085", signer, PresignConfig(), pool, clock=lambda: clock[0])
+    stamp = whole_second(int(NOW))
+    burst = [asyncio.ensure_future(signing.sign_live(stamp)) for _ in range(3)]
+    await asyncio.sleep(0)
+    signer.timed_out.set()
+    answers = await asyncio.gather(*burst, return_exceptions=True)
+    pool.shutdown(wait=False)
+
+    codes = [getattr(answer, "code", answer) for answer in answers]
+    assert (["signer_unavailable"] * 3, [1]) == (codes, signer.sign_calls)
