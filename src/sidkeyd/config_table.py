@@ -105,8 +105,8 @@ class TomlTable:
         value = self._get(key, list, "a list of integers")
         if value is None:
             return ()
-        if not all(type(item) is int and item >= 0 for item in value):
-            self.problem(key, "must be a list of non-negative integers")
+        if not all(type(item) is int and 0 <= item <= MAX_ID for item in value):
+            self.problem(key, f"must be a list of integers from 0 to {MAX_ID}")
             return ()
         return tuple(value)
 

@@ -27,6 +27,16 @@ GROUPS_WITHOUT_PEERGROUPS = (
     "client in another container matches by its uid or primary gid only (docs/security.md)"
 )
 
+OVERFLOW_ID = 65534  # what an id that a user namespace does not map reads as (overflowuid)
+OVERFLOW_ID_LISTED = (
+    "lists id 65534, which every user and group a user namespace does not map reads as: any "
+    "such client in another container matches it (docs/security.md)"
+)
+GID_0_LISTED = (
+    "lists gid 0, which a container started with --user UID and no group runs with: every "
+    "such client matches it (docs/security.md)"
+)
+
 
 def namespace_warnings(config: Config, *, kernel_peer_groups: bool | None = None) -> list[str]:
     """One warning per policy whose rules a client in another container cannot pass."""
@@ -38,6 +48,10 @@ def namespace_warnings(config: Config, *, kernel_peer_groups: bool | None = None
             warnings.append(f"{where}: {EXECUTABLES_ACROSS_CONTAINERS}")
         if policy.gids and not kernel_peer_groups:
             warnings.append(f"{where}: {GROUPS_WITHOUT_PEERGROUPS}")
+        if OVERFLOW_ID in policy.uids | policy.gids:
+            warnings.append(f"{where}: {OVERFLOW_ID_LISTED}")
+        if 0 in policy.gids:
+            warnings.append(f"{where}: {GID_0_LISTED}")
     return warnings
 
 

@@ -104,7 +104,10 @@ class RemoteSigning:
         self._sleep = sleep  # between refills (tests wake it themselves)
         self.table = PresignedTable()
         self.failing: SourceError | None = None  # the last refill failed: the backend is down
+        # The last live call that failed transiently (monotonic time it failed, the error).
+        self._live_failure: tuple[float, TransientSourceError] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._due = asyncio.Event()  # a request found no entry for now: refill without waiting
         self._retired = False
         self._log = get_logger()
 
@@ -121,6 +124,7 @@ class RemoteSigning:
         """This key version is no longer current: drop its table now, stop refilling."""
         self._retired = True
         self.table.clear()
+        self.failing = None  # no refill will clear it now: a verify of this version goes live
         if self._task is not None:
             self._task.cancel()
 
@@ -132,6 +136,8 @@ class RemoteSigning:
         Raises ``presign_exhausted`` when the table has run out while the backend is failing.
         """
         found = self.table.get(int(self._clock()))
+        if found is None and self.failing is None:
+            self._due.set()  # the wall clock stepped out of the table, or it is not filled yet
         if found is None and self.failing is not None:
             raise KeyUnavailableError(
                 "presign_exhausted",
@@ -169,10 +175,23 @@ class RemoteSigning:
                 f"({self.failing.code}) and {why}; retry when it is back",
             )
 
-    async def _call(self, call: Callable[..., T], *args: object) -> T:
+    async def _in_pool(self, call: Callable[..., T], *args: object) -> T:
+        """``call(*args)`` in the signing pool; a signer's bug is a failure like any other,
+        so that it can neither end the refill loop nor escape a request as a 500."""
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._pool, call, *args)
+        except SourceError:
+            raise
+        except Exception as exc:
+            raise TransientSourceError(
+                f"unexpected {type(exc).__name__} in the {self.signer.backend} signer",
+                code="signer_bug",
+            ) from exc
+
+    async def _call(self, call: Callable[..., T], *args: object) -> T:
+        try:
+            return await self._in_pool(self._live, time.monotonic(), call, *args)
         except SourceError as exc:
             self._log.warning(
                 "signer.call_failed",
@@ -187,11 +206,25 @@ class RemoteSigning:
                 f"({exc.code}); retry later",
             ) from None
 
+    def _live(self, queued: float, call: Callable[..., T], *args: object) -> T:
+        """In a pool thread. A call queued before a live call failed transiently (a hung or
+        unreachable backend) fails with it at once: a burst then waits one timeout, not one
+        per pool's worth of calls ahead of it. A call queued after the failure tries again."""
+        failed = self._live_failure
+        if failed is not None and failed[0] >= queued:
+            raise TransientSourceError(failed[1].reason, code=failed[1].code)
+        try:
+            return call(*args)
+        except TransientSourceError as exc:
+            self._live_failure = (time.monotonic(), exc)
+            raise
+
     # -- refills ---------------------------------------------------------------------------
 
     async def _keep_filled(self) -> None:
         failures = 0
         while not self._retired:
+            self._due.clear()
             try:
                 await self._fill()
             except SourceError as exc:
@@ -212,11 +245,21 @@ class RemoteSigning:
                 self._log.info("presign.recovered", environment=self.environment, failures=failures)
             failures, self.failing = 0, None
             left = self.table.end - self._clock()
-            await self._sleep(max(1.0, left - self._config.refill_below.total_seconds()))
+            await self._nap(max(1.0, left - self._config.refill_below.total_seconds()))
+
+    async def _nap(self, delay: float) -> None:
+        """Sleep ``delay`` (the loop's clock, which a wall-clock step does not move) or until
+        a request misses the table, so that a step is followed by a refill at once."""
+        sleeper = asyncio.ensure_future(self._sleep(delay))
+        woken = asyncio.ensure_future(self._due.wait())
+        try:
+            await asyncio.wait((sleeper, woken), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            woken.cancel()
 
     async def _fill(self) -> None:
         """Sign every whole second from the table's end (or now) to ``lead`` ahead."""
-        loop = asyncio.get_running_loop()
         now = self._clock()
         if self.table.start > now:  # the clock stepped back: those seconds are far ahead
             self.table.clear()
@@ -227,7 +270,7 @@ class RemoteSigning:
         while first < until:
             stamps = [whole_second(s) for s in range(first, min(first + self._config.batch, until))]
             messages = [signed_message(stamp, self._partner_id) for stamp in stamps]
-            signatures = await loop.run_in_executor(self._pool, self.signer.sign, messages)
+            signatures = await self._in_pool(self.signer.sign, messages)
             if self._retired:
                 return
             if len(signatures) != len(stamps):

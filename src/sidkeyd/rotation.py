@@ -142,7 +142,9 @@ class KeyManager:
         """
         dropped = [name for name in self._environments if name not in environments]
         for name in [*dropped, *renewed]:
-            self._store.drop(name)
+            gone = self._store.drop(name)
+            if gone is not None and gone.remote is not None:
+                gone.remote.retire()  # its table and refill loop too, as at a rotation
             self._last_report_check.pop(name, None)
         fresh = {}
         for name, env in environments.items():

@@ -451,3 +451,12 @@ def test_allow_ids_out_of_range_are_named_with_their_key() -> None:
     found = problems(MINIMAL + "\n[environments.sandbox.allow]\nusers = [-5]\ngroups = [1.5]\n")
     assert "must list names or numeric ids" in found["environments.sandbox.allow.users"]
     assert "must list names or numeric ids" in found["environments.sandbox.allow.groups"]
+
+
+@pytest.mark.parametrize("written", ["4294967295", "18446744073709551616", "-1"])
+def test_allow_uids_and_gids_past_a_32_bit_id_are_named_as_users_are(written: str) -> None:
+    """uids/gids take the range users/groups take: (uid_t)-1 and beyond is no one's id."""
+    allow = f"\n[environments.sandbox.allow]\nuids = [{written}]\ngids = [{written}]\n"
+    found = problems(MINIMAL + allow)
+    assert "from 0 to 4294967294" in found["environments.sandbox.allow.uids"]
+    assert "from 0 to 4294967294" in found["environments.sandbox.allow.gids"]

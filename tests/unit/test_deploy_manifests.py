@@ -161,3 +161,17 @@ def test_compose_uses_the_image_ids() -> None:
     allow = config.environments["sandbox"].allow
     assert allow is not None
     assert int(client["user"].split(":")[0]) in allow.uids
+
+
+def test_sidecar_app_container_gets_neither_the_iam_role_nor_a_service_account_token() -> None:
+    """The pod's service account carries sidkeyd's role: IRSA's webhook would give it to the
+    app too (which could then read the key from Secrets Manager) unless the app is skipped."""
+    path = REPO / "deploy" / "kubernetes" / "sidecar.yaml"
+    [deployment] = [d for d in documents(path) if d["kind"] == "Deployment"]
+    template = deployment["spec"]["template"]
+    apps = [c["name"] for c in template["spec"]["containers"]]
+    skipped = template["metadata"].get("annotations", {}).get("eks.amazonaws.com/skip-containers")
+    assert (apps, False) == (
+        (skipped or "").split(","),
+        template["spec"].get("automountServiceAccountToken", True),
+    )

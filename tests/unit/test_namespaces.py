@@ -62,3 +62,18 @@ def test_admin_and_metrics_readers_are_checked_too() -> None:
 def test_this_kernel_answers_peer_groups() -> None:
     """The probe on a socket pair finds SO_PEERGROUPS on the kernels CI runs (4.13+)."""
     assert kernel_has_peer_groups()
+
+
+def test_the_overflow_id_listed_is_warned_about() -> None:
+    """65534 (nobody, nogroup) is what every unmapped id reads as: any such client has it."""
+    config = parse("[environments.sandbox.allow]\nuids = [65534]\n[admin]\ngroups = [65534]\n")
+    warnings = namespace_warnings(config, kernel_peer_groups=True)
+    assert ["environments.sandbox.allow", "admin"] == [w.split(":")[0] for w in warnings]
+    assert all("lists id 65534" in w for w in warnings)
+
+
+def test_gid_0_listed_is_warned_about() -> None:
+    """A client container run as --user 20001 with no group has gid 0: a gid 0 rule takes it."""
+    config = parse("[environments.sandbox.allow]\ngids = [0]\n")
+    [message] = namespace_warnings(config, kernel_peer_groups=True)
+    assert message.startswith("environments.sandbox.allow: lists gid 0")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import threading
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Executor, Future
 from datetime import timedelta
@@ -16,6 +17,7 @@ from sidkeyd.config import PresignConfig
 from sidkeyd.errors import KeyUnavailableError, TransientSourceError
 from sidkeyd.presign import PresignedTable, RemoteSigning
 from sidkeyd.signing import compute_signature, whole_second
+from sidkeyd.threads import DaemonThreadPool
 
 KEY = "unit-presign-key-not-real-0000000000"
 NOW = 1_764_576_733.25  # 2025-12-01T08:12:13.250Z
@@ -143,10 +145,11 @@ async def test_a_failed_refill_marks_the_signer_failing_and_an_empty_table_refus
     await settle()
     with pytest.raises(KeyUnavailableError) as exhausted:
         signing.presigned()
+    failing = signing.failing
     signing.retire()
 
-    assert signing.failing is not None
-    assert ("unreachable", "presign_exhausted") == (signing.failing.code, exhausted.value.code)
+    assert failing is not None
+    assert ("unreachable", "presign_exhausted") == (failing.code, exhausted.value.code)
 
 
 @asynchronous
@@ -256,3 +259,103 @@ async def test_a_clock_stepped_back_starts_the_table_afresh_at_now() -> None:
     signing.retire()
 
     assert whole_second(int(NOW - 3600)) == (presigned or ("", ""))[0]
+
+
+class BuggySigner(FakeSigner):
+    """A signer that raises what is not a ``SourceError`` (a malformed answer it misread)."""
+
+    def sign(self, messages: Sequence[bytes]) -> list[str]:
+        if self.down:
+            raise KeyError("Mac")
+        return super().sign(messages)
+
+
+@asynchronous
+async def test_a_signer_bug_in_a_refill_marks_it_failing_and_the_loop_refills_after() -> None:
+    """An unexpected exception is a failed refill (``signer_bug``), not the loop's end."""
+    signer, clock, waker = BuggySigner(), [NOW], Waker()
+    signer.down = True
+    signing = remote(signer, clock, sleep=waker.sleep)
+    signing.start()
+    await settle()
+    code = signing.failing.code if signing.failing is not None else None
+    signer.down = False
+    await waker.wake()
+    await settle()
+    refilled = (signing.failing, signing.presigned_for_s())
+    signing.retire()
+
+    assert ("signer_bug", (None, 599.75)) == (code, refilled)
+
+
+@asynchronous
+async def test_a_signer_bug_in_a_live_call_is_a_503_signer_unavailable() -> None:
+    """A caller's timestamp meets the bug as a precise 503, not an unexpected exception."""
+    signer, clock = BuggySigner(), [NOW]
+    signing = remote(signer, clock)
+    signer.down = True
+    with pytest.raises(KeyUnavailableError) as refused:
+        await signing.sign_live(whole_second(int(NOW)))
+
+    assert "signer_unavailable" == refused.value.code
+
+
+@asynchronous
+async def test_a_retired_version_that_was_failing_still_verifies_live() -> None:
+    """Retired, no refill can clear ``failing``: the previous key's verify makes its one call."""
+    signer, clock = FakeSigner(), [NOW]
+    signing = remote(signer, clock)
+    signing.failing = TransientSourceError("down", code="unreachable")  # its last refill
+    signing.retire()  # a rotation: the backend answered the check again
+    stamp = whole_second(int(NOW) - 30)
+    valid = await signing.verify(stamp, _hmac(f"{stamp}085sid_request".encode()))
+
+    assert (True, 1) == (valid, signer.verify_calls)
+
+
+@asynchronous
+async def test_a_clock_stepped_past_the_table_is_refilled_at_the_first_miss() -> None:
+    """The refill loop sleeps on the loop's clock: a wall-clock step forward would otherwise
+    send every request live until that sleep ends (minutes); the first miss wakes it."""
+    signer, clock, waker = FakeSigner(), [NOW], Waker()
+    signing = remote(signer, clock, sleep=waker.sleep)
+    signing.start()
+    await settle()
+    clock[0] = NOW + 3600  # an NTP step; the loop's sleep of ~300 s is not over
+    missed = signing.presigned()
+    await settle()
+    served = signing.presigned()
+    signing.retire()
+
+    assert (None, whole_second(int(NOW + 3600))) == (missed, (served or ("", ""))[0])
+
+
+class HangingSigner(FakeSigner):
+    """Each call waits until the test lets it time out, as a call to a hung backend does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timed_out = threading.Event()
+
+    def sign(self, messages: Sequence[bytes]) -> list[str]:
+        self.sign_calls.append(len(messages))
+        self.timed_out.wait(10)
+        raise TransientSourceError("signing: ReadTimeout", code="timeout")
+
+
+@asynchronous
+async def test_live_calls_queued_behind_a_timed_out_one_fail_with_it() -> None:
+    """A hung backend: the calls queued behind the first are answered when it times out,
+    without each waiting for its own timeout in turn."""
+    signer, clock = HangingSigner(), [NOW]
+    pool = DaemonThreadPool(1, "test-sign")
+    signing = RemoteSigning("sandbox", "085", signer, PresignConfig(), pool, clock=lambda: clock[0])
+    stamp = whole_second(int(NOW))
+    burst = [asyncio.ensure_future(signing.sign_live(stamp)) for _ in range(3)]
+    await asyncio.sleep(0)
+    signer.timed_out.set()
+    answers = await asyncio.gather(*burst, return_exceptions=True)
+    pool.shutdown(wait=False)
+
+    codes = [getattr(answer, "code", answer) for answer in answers]
+    assert (["signer_unavailable"] * 3, [1]) == (codes, signer.sign_calls)

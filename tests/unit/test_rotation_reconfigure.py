@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import TypeVar
 
@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 from sidkeyd.config import EnvironmentConfig, RefreshConfig
 from sidkeyd.errors import KeyUnavailableError
 from sidkeyd.freshness import Trigger
+from sidkeyd.sources import FetchResult, RemoteKey, Unchanged
 from support.engine import make_manager, sandbox
 from support.fakes import FakeSource
 
@@ -189,3 +190,58 @@ def test_a_reload_check_of_a_kept_environment_is_a_version_check() -> None:
 
     run(body)
     assert [("sandbox", None), ("sandbox", "s1")] == source.fetches
+
+
+class RemoteFakeSource(FakeSource):
+    """A source whose environments are signed remotely: each check answers one key version."""
+
+    def fetch(self, environment: EnvironmentConfig, held_version: str | None) -> FetchResult:
+        self.fetches.append((environment.name, held_version))
+        if held_version == "1":
+            return Unchanged("1")
+        return RemoteKey(LocalHmacSigner())
+
+
+class LocalHmacSigner:
+    """A ``RemoteSigner`` that signs locally (the table's contents do not matter here)."""
+
+    backend = "transit"
+    version = "1"
+
+    def sign(self, messages: Sequence[bytes]) -> list[str]:
+        return ["A" * 43 + "=" for _ in messages]
+
+    def verify(self, message: bytes, signature: str) -> bool:
+        return False
+
+
+def refill_loops() -> list[asyncio.Task[object]]:
+    """The presign refill loops still running on this event loop."""
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if not task.done() and "_keep_filled" in getattr(task.get_coro(), "__qualname__", "")
+    ]
+
+
+def test_a_removed_remote_environment_stops_refilling_and_drops_its_table() -> None:
+    """Its snapshot leaves the store and its table and refill loop go with it, as at a
+    rotation: no presigned signature and no backend call is left behind."""
+    remote_source = RemoteFakeSource("remote")
+    source, envs = two_environments()
+    transit = sandbox("remote", signer="transit", transit_key="smileid-sandbox")
+    sources = {"fake": source, "remote": remote_source}
+    manager, store = make_manager(sources, transit, envs["production"])
+
+    async def body() -> None:
+        await manager.start()
+        held = store.get("sandbox")
+        running = len(refill_loops())
+        manager.reconfigure({"production": envs["production"]}, {"fake": source}, renewed=[])
+        for _ in range(5):  # let the cancelled loop unwind
+            await asyncio.sleep(0)
+        left = (running, len(refill_loops()), held is not None and held.remote is not None)
+        await manager.stop()
+        assert (1, 0, True) == left
+
+    run(body)

@@ -18,7 +18,7 @@ from typing import Any, Final
 import botocore.exceptions as bx
 
 from sidkeyd.config import EnvironmentConfig
-from sidkeyd.errors import AccessLostError, InvalidSecretError
+from sidkeyd.errors import AccessLostError, InvalidSecretError, PermanentSourceError
 from sidkeyd.sources import RemoteKey, Unchanged
 from sidkeyd.sources.aws.errors import translate_error
 from sidkeyd.threads import DaemonThreadPool
@@ -103,7 +103,13 @@ class KmsSigner:
         answer = self._keys.call(
             lambda c: c.generate_mac(KeyId=self.version, Message=message, MacAlgorithm=_ALGORITHM)
         )
-        return base64.b64encode(answer["Mac"]).decode("ascii")
+        mac = answer.get("Mac") if isinstance(answer, dict) else None
+        if not isinstance(mac, bytes) or len(mac) != 32:  # never serve what is not an HMAC-SHA256
+            raise PermanentSourceError(
+                f"{self._keys.region}: GenerateMac with {self.version} answered no 32-byte Mac",
+                code="kms_malformed",
+            )
+        return base64.b64encode(mac).decode("ascii")
 
     def verify(self, message: bytes, signature: str) -> bool:
         try:

@@ -29,6 +29,8 @@ from sidkeyd.sources.vault.client import make_client
 from sidkeyd.sources.vault.errors import mapping, translating
 from sidkeyd.sources.vault.login import login_method
 
+MIN_WRAPPING_BITS = 2048  # Transit's wrapping key is RSA-4096; a smaller one is not Transit's
+
 
 @dataclass(frozen=True)
 class Imported:
@@ -41,9 +43,18 @@ class Imported:
 
 def wrap_key(public_key_pem: str, key: bytes) -> str:
     """The base64 ``ciphertext`` Transit imports: RSA-OAEP(AES key) + AES-KWP(key)."""
-    public_key = serialization.load_pem_public_key(public_key_pem.encode("ascii"))
-    if not isinstance(public_key, rsa.RSAPublicKey):
-        raise PermanentSourceError("the wrapping key is not RSA", code="transit_wrapping_key")
+    try:
+        public_key = serialization.load_pem_public_key(public_key_pem.encode("ascii"))
+    except (ValueError, UnicodeError):  # cryptography's words for a key it cannot read
+        raise PermanentSourceError(
+            "the wrapping key is not a PEM public key", code="transit_wrapping_key"
+        ) from None
+    if not isinstance(public_key, rsa.RSAPublicKey) or public_key.key_size < MIN_WRAPPING_BITS:
+        raise PermanentSourceError(
+            f"the wrapping key is not RSA of at least {MIN_WRAPPING_BITS} bits (Transit's is "
+            "4096): the key is not sent under it",
+            code="transit_wrapping_key",
+        )
     ephemeral = os.urandom(32)
     oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
     wrapped = public_key.encrypt(ephemeral, oaep) + aes_key_wrap_with_padding(ephemeral, key)
