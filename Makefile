@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 LINTED := src tests $(wildcard bench) $(wildcard clients)
 
-.PHONY: run test lint typecheck pytest bench fmt clean wheels image image-test
+.PHONY: run test lint typecheck pytest bench fmt clean wheels image image-test systemd-test
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ image: wheels
 # Builds the image (from a debootstrap base, cached) and tests it with a real dockerd.
 image-test: wheels
 	tests/image/run.sh $(BIN)/pytest
+
+# The shipped units under a real systemd (systemd-nspawn on a debootstrap tree, cached).
+systemd-test: $(STAMP)
+	PYTHON=$(BIN)/python sh tests/systemd/run-under-nspawn.sh
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
