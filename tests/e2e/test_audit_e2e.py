@@ -316,6 +316,23 @@ def test_sighup_reopens_the_file_and_the_chain_continues_into_it(start_daemon, t
     assert signed["timestamp"] == new[1]["signed_timestamp"]
 
 
+def test_sighup_with_a_fifo_at_the_audit_path_never_freezes_the_daemon(
+    start_daemon, tmp_path: Path
+) -> None:
+    """The file moved and a FIFO put in its place: the reopen is refused and logged, signing
+    goes on into the file already open, and SIGTERM still stops the daemon."""
+    path = tmp_path / "audit.jsonl"
+    daemon = start_daemon(file_config(sections=f'[audit]\npath = "{path}"\n'), files=key_file(KEY))
+    path.rename(tmp_path / "audit.jsonl.1")
+    os.mkfifo(path)
+    daemon.signal(signal.SIGHUP)
+    failed = daemon.wait_for_event("audit.reopen_failed")
+    signed = daemon.client().sign("sandbox")
+    recorded = [r.get("signed_timestamp") for r in audit_records(tmp_path / "audit.jsonl.1")]
+    assert ("EINVAL", signed["timestamp"]) == (failed["reason"], recorded[-1])
+    assert 0 == daemon.stop()
+
+
 def audit_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "sidkeyd", "audit", *args],

@@ -77,6 +77,36 @@ def test_a_reopen_after_logrotate_continues_the_chain_in_the_new_file(tmp_path: 
     assert chain_of(str(old["chain"]), body) == reopened["chain"]
 
 
+def test_a_reopen_onto_a_fifo_is_refused_at_once_and_keeps_the_old_file(tmp_path: Path) -> None:
+    """A FIFO put at the path: opening it would wait for a reader (on the event loop); the
+    reopen fails without blocking and records keep going to the file already open."""
+    path = tmp_path / "audit.jsonl"
+    trail = trail_at(path)
+    path.rename(tmp_path / "audit.jsonl.1")
+    os.mkfifo(path)
+    done = threading.Event()
+
+    def reopen() -> None:
+        trail.reopen()
+        done.set()
+
+    threading.Thread(target=reopen, daemon=True).start()
+    assert done.wait(10), "reopen blocked on the FIFO"
+    sign(trail)
+    assert ["signature.issued"] == [r["event"] for r in records(tmp_path / "audit.jsonl.1")]
+
+
+def test_a_symlink_at_the_path_is_refused_and_its_target_left_alone(tmp_path: Path) -> None:
+    """A symlink swapped in at the path is not followed: no record is appended to its target."""
+    target = tmp_path / "elsewhere.toml"
+    target.write_text("untouched\n")
+    path = tmp_path / "audit.jsonl"
+    path.symlink_to(target)
+    with pytest.raises(OSError, match="symbolic links"):
+        trail_at(path)
+    assert "untouched\n" == target.read_text()
+
+
 def test_the_file_is_created_private(tmp_path: Path) -> None:
     """0600: the trail names peers and key versions; it is no one else's to read."""
     path = tmp_path / "audit.jsonl"
