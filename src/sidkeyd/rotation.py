@@ -142,7 +142,9 @@ class KeyManager:
         """
         dropped = [name for name in self._environments if name not in environments]
         for name in [*dropped, *renewed]:
-            self._store.drop(name)
+            held = self._store.drop(name)
+            if held is not None and held.remote is not None:
+                held.remote.retire()  # else its refills call the backend for a key not held
             self._last_report_check.pop(name, None)
         fresh = {}
         for name, env in environments.items():

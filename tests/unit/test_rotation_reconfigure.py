@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import TypeVar
 
+import pytest
 from structlog.testing import capture_logs
 
 from sidkeyd.config import EnvironmentConfig, RefreshConfig
 from sidkeyd.errors import KeyUnavailableError
 from sidkeyd.freshness import Trigger
+from sidkeyd.presign import RemoteSigning
+from sidkeyd.sources import FetchResult, RemoteKey
 from support.engine import make_manager, sandbox
 from support.fakes import FakeSource
 
@@ -189,3 +192,62 @@ def test_a_reload_check_of_a_kept_environment_is_a_version_check() -> None:
 
     run(body)
     assert [("sandbox", None), ("sandbox", "s1")] == source.fetches
+
+
+class CountingSigner:
+    """A remote key version that answers every batch and counts the messages it signed."""
+
+    backend = "transit"
+    version = "1"
+
+    def __init__(self) -> None:
+        self.signed = 0
+
+    def sign(self, messages: Sequence[bytes]) -> list[str]:
+        self.signed += len(messages)
+        return ["c2lnbmF0dXJl"] * len(messages)
+
+    def verify(self, message: bytes, signature: str) -> bool:
+        return False
+
+
+class RemoteSource:
+    """A source whose environments sign remotely with one ``CountingSigner``."""
+
+    name = "remote"
+
+    def __init__(self) -> None:
+        self.signer = CountingSigner()
+
+    def fetch(self, environment: EnvironmentConfig, held_version: str | None) -> FetchResult:
+        return RemoteKey(self.signer)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("renewed", [[], ["sandbox"]], ids=["removed", "renewed"])
+def test_a_remote_signer_removed_or_renewed_stops_refilling_and_drops_its_table(
+    renewed: list[str],
+) -> None:
+    """signer = "transit" removed by a reload, or renewed: the old key version is retired (its
+    presigned table emptied, its refills stopped), not left calling the backend."""
+    source = RemoteSource()
+    manager, store = make_manager({"remote": source}, sandbox("remote"))
+
+    async def filled(remote: RemoteSigning) -> None:  # the first refill runs in the sign pool
+        while not remote.presigned_for_s():
+            await asyncio.sleep(0.005)
+
+    async def body() -> None:
+        await manager.start()
+        old = store.get("sandbox")
+        assert old is not None
+        assert old.remote is not None
+        await asyncio.wait_for(filled(old.remote), 10)
+        kept = {"sandbox": sandbox("remote")} if renewed else {}
+        manager.reconfigure(kept, {"remote": source}, renewed=renewed)
+        assert 0.0 == old.remote.presigned_for_s()
+        await manager.stop()
+
+    run(body)
