@@ -134,6 +134,7 @@ class AuditTrail:
         self._checkpointed = -1
         self._waiting_sync: list[Line] = []
         self._syncing = False
+        self._closing_fds: list[int] = []  # reopened away from while an fdatasync ran
         self.failures = 0  # records that could not be written
         self.outlet = self._open()
 
@@ -167,7 +168,14 @@ class AuditTrail:
             self._log.error("audit.reopen_failed", reason=reason, message=exc.strerror)
             return
         old.close()
-        os.close(old.fd)
+        # Its last records were answered (fsync = "interval") or wait for a sync of it
+        # ("always"): sync it here, and close it only once no fdatasync of it is pending.
+        with contextlib.suppress(OSError):
+            os.fdatasync(old.fd)
+        if self._syncing:
+            self._closing_fds.append(old.fd)
+        else:
+            os.close(old.fd)
         self.record("audit.reopened", ',"result":"ok"', must=False)
 
     def start(self) -> None:
@@ -309,6 +317,7 @@ class AuditTrail:
             self._failed("sink_blocked")
             if not self.outlet.withdraw(line):
                 self._void(line)
+                line.done.cancel()  # voided once: a sync failing later must not void it again
             raise AuditUnavailable("sink_blocked") from None
         return answer
 
@@ -358,6 +367,8 @@ class AuditTrail:
 
         def finished(done: asyncio.Future[None]) -> None:
             self._syncing = False
+            while self._closing_fds:
+                os.close(self._closing_fds.pop())
             error = done.exception()
             for line in batch:
                 assert line.done is not None
@@ -367,6 +378,7 @@ class AuditTrail:
                     line.done.set_result(None)
                 else:
                     line.done.set_exception(WriteFailed(type(error).__name__))
+                    self._void(line)  # its record is in the file; its answer is refused
             if self._waiting_sync:
                 self._group_commit()
 

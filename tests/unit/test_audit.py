@@ -396,3 +396,63 @@ def test_an_fdatasync_late_past_the_write_timeout_refuses_and_voids_the_record(
         voided["event"],
         voided["voided_seq"],
     )
+
+
+def test_a_failed_fdatasync_refuses_and_voids_the_record_already_in_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fsync = "always" and the disk reports EIO: 503, and the record written before the sync
+    is followed by audit.voided naming it (no record claims an answer never given)."""
+    path = tmp_path / "audit.jsonl"
+
+    def failing_fdatasync(_fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", failing_fdatasync)
+
+    async def scenario() -> None:
+        trail = AuditTrail(AuditConfig(path=path, fsync="always"), lambda: ())
+        line = trail.signature_issued("sandbox", "v1", "2026-12-01T10:00:00.000Z", PEER)
+        assert line is not None
+        with pytest.raises(AuditUnavailable):
+            await trail.released(line, "answer")
+
+    asyncio.run(scenario())
+    issued, voided = records(path)
+    assert ("signature.issued", "audit.voided", issued["seq"]) == (
+        issued["event"],
+        voided["event"],
+        voided["voided_seq"],
+    )
+
+
+def test_a_reopen_while_an_fdatasync_is_pending_still_releases_its_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGHUP (logrotate) during a group commit: the old file stays open until its sync ends,
+    so the answers waiting for it are released instead of refused with EBADF."""
+    path = tmp_path / "audit.jsonl"
+    real_fdatasync = os.fdatasync
+    entered, disk = threading.Event(), threading.Event()
+
+    def slow_fdatasync(fd: int) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            entered.set()
+            disk.wait(30)
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+
+    async def scenario() -> str:
+        trail = AuditTrail(AuditConfig(path=path, fsync="always"), lambda: ())
+        line = trail.signature_issued("sandbox", "v1", "2026-12-01T10:00:00.000Z", PEER)
+        assert line is not None
+        released = asyncio.ensure_future(trail.released(line, "answer"))
+        await asyncio.to_thread(entered.wait, 30)
+        path.rename(tmp_path / "audit.jsonl.1")
+        trail.reopen()
+        disk.set()
+        return str(await released)
+
+    assert "answer" == asyncio.run(scenario())
+    assert ["signature.issued"] == [r["event"] for r in records(tmp_path / "audit.jsonl.1")]
