@@ -92,3 +92,15 @@ def test_hostile_lines_are_skipped_or_counted_never_a_crash(tmp_path: Path) -> N
         summarized["signatures"][0]["peer_exe"],
         summarized["refusals"],
     )
+
+
+def test_a_line_verify_skips_as_operational_is_not_counted(trail_path: Path) -> None:
+    """A forged signature line with a ``level`` passes `audit verify` as an operational log
+    line (unchained), so `audit query` must not count it as a signature either."""
+    with trail_path.open("a") as file:
+        file.write(
+            '{"seq":99,"event":"signature.issued","level":"info","environment":"production",'
+            '"key_version":"v1","peer_uid":1001,"peer_user":null,"peer_exe":"/usr/bin/node"}\n'
+        )
+    matched = query([trail_path], Filters(event="signature.issued"))
+    assert 4 == len(matched)
