@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import pwd
 import socket
+import stat
 from collections.abc import Callable, Iterable
 from json.encoder import encode_basestring_ascii as _quote
 from pathlib import Path
@@ -62,22 +64,42 @@ def chain_of(previous: str, body: bytes) -> str:
 def last_record(path: Path) -> tuple[int, str] | None:
     """The ``(seq, chain)`` of the last whole record in ``path``, or None if it has none."""
     try:
-        with path.open("rb") as file:
-            size = file.seek(0, os.SEEK_END)
-            file.seek(max(0, size - _TAIL_BYTES))
-            tail = file.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
+    try:
+        return _last_record_of(fd)
+    finally:
+        os.close(fd)
+
+
+def _last_record_of(fd: int) -> tuple[int, str] | None:
+    size = os.fstat(fd).st_size
+    tail = os.pread(fd, _TAIL_BYTES, max(0, size - _TAIL_BYTES))
     for line in reversed(tail.split(b"\n")):
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         if isinstance(record, dict) and isinstance(record.get("seq"), int):
             chain = record.get("chain")
             if isinstance(chain, str) and len(chain) == 64:
                 return record["seq"], chain
     return None
+
+
+def open_trail_file(path: Path) -> int:
+    """``path`` opened for appending, only if it is a regular file (created ``0600``).
+
+    Never blocks and never follows a symlink: a FIFO put at the path (open would wait for a
+    reader, on the event loop, during SIGHUP) or a symlink into another file is refused.
+    """
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    fd = os.open(path, flags, 0o600)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "the audit path is not a regular file", str(path))
+    return fd
 
 
 class AuditTrail:
@@ -112,6 +134,7 @@ class AuditTrail:
         self._checkpointed = -1
         self._waiting_sync: list[Line] = []
         self._syncing = False
+        self._closing_fds: list[int] = []  # reopened away from while an fdatasync ran
         self.failures = 0  # records that could not be written
         self.outlet = self._open()
 
@@ -122,11 +145,15 @@ class AuditTrail:
             if self._stdout is None:
                 self._stdout = LineOutlet(1)
             return self._stdout
-        found = last_record(self.config.path)
+        fd = open_trail_file(self.config.path)
+        try:
+            found = _last_record_of(fd)
+        except OSError:
+            os.close(fd)
+            raise
         if found is not None:
             self._seq, self._chain = found
             self._chain_bytes = self._chain.encode("ascii")
-        fd = os.open(self.config.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         return LineOutlet(fd)
 
     def reopen(self) -> None:
@@ -137,10 +164,18 @@ class AuditTrail:
         try:
             self.outlet = self._open()
         except OSError as exc:
-            self._log.error("audit.reopen_failed", reason=type(exc).__name__)
+            reason = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+            self._log.error("audit.reopen_failed", reason=reason, message=exc.strerror)
             return
         old.close()
-        os.close(old.fd)
+        # Its last records were answered (fsync = "interval") or wait for a sync of it
+        # ("always"): sync it here, and close it only once no fdatasync of it is pending.
+        with contextlib.suppress(OSError):
+            os.fdatasync(old.fd)
+        if self._syncing:
+            self._closing_fds.append(old.fd)
+        else:
+            os.close(old.fd)
         self.record("audit.reopened", ',"result":"ok"', must=False)
 
     def start(self) -> None:
@@ -282,6 +317,7 @@ class AuditTrail:
             self._failed("sink_blocked")
             if not self.outlet.withdraw(line):
                 self._void(line)
+                line.done.cancel()  # voided once: a sync failing later must not void it again
             raise AuditUnavailable("sink_blocked") from None
         return answer
 
@@ -331,6 +367,8 @@ class AuditTrail:
 
         def finished(done: asyncio.Future[None]) -> None:
             self._syncing = False
+            while self._closing_fds:
+                os.close(self._closing_fds.pop())
             error = done.exception()
             for line in batch:
                 assert line.done is not None
@@ -340,6 +378,7 @@ class AuditTrail:
                     line.done.set_result(None)
                 else:
                     line.done.set_exception(WriteFailed(type(error).__name__))
+                    self._void(line)  # its record is in the file; its answer is refused
             if self._waiting_sync:
                 self._group_commit()
 

@@ -61,10 +61,13 @@ def parse_time(text: str) -> datetime:
 
 
 def record_time(record: Record) -> datetime | None:
+    """The record's time, or None when it has none with an offset (no record the daemon
+    writes lacks one; a naive time cannot be compared with ``--since``)."""
     try:
-        return datetime.fromisoformat(str(record["time"]))
+        when = datetime.fromisoformat(str(record["time"]))
     except (KeyError, ValueError):
         return None
+    return when if when.tzinfo is not None else None
 
 
 def records(paths: Iterable[Path]) -> Iterator[Record]:
@@ -73,10 +76,16 @@ def records(paths: Iterable[Path]) -> Iterator[Record]:
             for line in file:
                 try:
                     record = json.loads(line)
-                except ValueError:
-                    continue  # a truncated last line; `audit verify` reports it
-                if isinstance(record, dict) and "seq" in record and "event" in record:
+                except (ValueError, RecursionError):
+                    continue  # a truncated last line, a nesting bomb: `audit verify` reports it
+                if _is_record(record):
                     yield record
+
+
+def _is_record(entry: object) -> bool:
+    """What ``audit verify`` checks as a record: a line with a ``level`` is the operational
+    log's (``audit verify`` skips it unchained), so counting it would let a forged line in."""
+    return isinstance(entry, dict) and "seq" in entry and "event" in entry and "level" not in entry
 
 
 def query(paths: Iterable[Path], filters: Filters) -> list[Record]:
@@ -92,11 +101,12 @@ def summary(matched: Iterable[Record]) -> dict[str, list[dict[str, Any]]]:
     refusals: Counter[str] = Counter()
     for record in matched:
         if record.get("event") == "signature.issued":
-            signatures[tuple(record.get(k) for k in SIGNATURE_KEYS)] += 1
+            signatures[tuple(_hashable(record.get(k)) for k in SIGNATURE_KEYS)] += 1
         elif record.get("event") == "request.rejected":
             refusals[str(record.get("reason"))] += 1
         elif record.get("event") == "request.rejected_repeated":
-            refusals[str(record.get("reason"))] += int(record.get("repeated", 0))
+            repeated = record.get("repeated")
+            refusals[str(record.get("reason"))] += repeated if type(repeated) is int else 0
     return {
         "signatures": [
             {**dict(zip(SIGNATURE_KEYS, key, strict=True)), "count": count}
@@ -106,6 +116,11 @@ def summary(matched: Iterable[Record]) -> dict[str, list[dict[str, Any]]]:
             {"reason": reason, "count": count} for reason, count in refusals.most_common()
         ],
     }
+
+
+def _hashable(value: Any) -> Any:
+    """A field as a summary key: a list or object (in no record the daemon writes) as text."""
+    return json.dumps(value) if isinstance(value, list | dict) else value
 
 
 def format_record(record: Record) -> str:

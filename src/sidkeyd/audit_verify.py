@@ -65,7 +65,7 @@ def _parse(line: bytes) -> tuple[int, str, bytes] | None:
         return None
     try:
         record = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: a line nested thousands deep
         return None
     if not isinstance(record, dict) or type(record.get("seq")) is not int:
         return None
@@ -128,7 +128,7 @@ def _operational(line: bytes) -> bool:
     trail on stdout, such as the ``audit.checkpoint`` copies."""
     try:
         entry = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return isinstance(entry, dict) and "level" in entry
 

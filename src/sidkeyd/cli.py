@@ -8,6 +8,7 @@ unsafe, a hardening step the config asks for failed).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -295,6 +296,10 @@ def _serve(path: Path) -> int:
 def _audit(args: argparse.Namespace) -> int:
     from sidkeyd.audit_verify import parse_checkpoint, report, verify
 
+    # A peer's executable name need not be UTF-8 (a record holds it as \udcXX): print it
+    # escaped rather than die on it under a strict UTF-8 locale.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
     if args.audit_command == "query":
         return _audit_query(args)
     try:

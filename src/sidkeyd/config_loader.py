@@ -60,6 +60,8 @@ def load_config(path: Path) -> Config:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError([ConfigProblem("(file)", _toml_problem(raw, exc))]) from exc
+    except RecursionError:  # tomllib recurses per nested array or inline table
+        raise ConfigError([ConfigProblem("(file)", f"{path} nests values too deeply")]) from None
     return parse_config(data, base_dir=path.resolve().parent, path=path)
 
 

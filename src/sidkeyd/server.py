@@ -272,7 +272,9 @@ class Server:
         loop = asyncio.get_running_loop()
         for sig in (*STOP_SIGNALS, signal.SIGHUP, *IGNORED_SIGNALS):
             loop.remove_signal_handler(sig)
-        for sig in IGNORED_SIGNALS:  # still harmless while the sources close
+        # Still harmless while the sources close; SIGHUP too (logrotate, `systemctl reload`
+        # during a stop), whose default action would kill the daemon before its trail closes.
+        for sig in (signal.SIGHUP, *IGNORED_SIGNALS):
             signal.signal(sig, signal.SIG_IGN)
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import pwd
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -316,6 +317,23 @@ def test_sighup_reopens_the_file_and_the_chain_continues_into_it(start_daemon, t
     assert signed["timestamp"] == new[1]["signed_timestamp"]
 
 
+def test_sighup_with_a_fifo_at_the_audit_path_never_freezes_the_daemon(
+    start_daemon, tmp_path: Path
+) -> None:
+    """The file moved and a FIFO put in its place: the reopen is refused and logged, signing
+    goes on into the file already open, and SIGTERM still stops the daemon."""
+    path = tmp_path / "audit.jsonl"
+    daemon = start_daemon(file_config(sections=f'[audit]\npath = "{path}"\n'), files=key_file(KEY))
+    path.rename(tmp_path / "audit.jsonl.1")
+    os.mkfifo(path)
+    daemon.signal(signal.SIGHUP)
+    failed = daemon.wait_for_event("audit.reopen_failed")
+    signed = daemon.client().sign("sandbox")
+    recorded = [r.get("signed_timestamp") for r in audit_records(tmp_path / "audit.jsonl.1")]
+    assert ("EINVAL", signed["timestamp"]) == (failed["reason"], recorded[-1])
+    assert 0 == daemon.stop()
+
+
 def audit_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "sidkeyd", "audit", *args],
@@ -407,6 +425,46 @@ def test_audit_query_answers_match_the_traffic_sent(start_daemon, tmp_path: Path
     assert "" == audit_cli("query", str(path), "--key-version", "other").stdout
     later = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     assert "" == audit_cli("query", str(path), "--since", later).stdout
+
+
+def test_a_peer_executable_named_in_no_encoding_does_not_break_audit_query(
+    start_daemon, tmp_path: Path
+) -> None:
+    """A peer runs a binary whose name is not UTF-8; its refusal is recorded, and `audit query`
+    under a strict UTF-8 stdout (a UTF-8 locale other than C) prints the name escaped."""
+    path = tmp_path / "audit.jsonl"
+    daemon = start_daemon(file_config(sections=f'[audit]\npath = "{path}"\n'), files=key_file(KEY))
+    peer = os.path.join(os.fsencode(tmp_path), b"peer\xff")
+    shutil.copy(os.path.realpath(sys.executable), peer)
+    request = b"GET /v1/nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    connect = (
+        "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
+        f"s.sendall({request!r}); s.recv(65536)"
+    )
+    subprocess.run(
+        [peer, "-I", "-S", "-c", connect, str(daemon.socket_path)], check=True, timeout=30
+    )
+    daemon.wait_for_event("request.rejected")
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sidkeyd",
+            "audit",
+            "query",
+            str(path),
+            "--event",
+            "request.rejected",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"},
+    )
+    assert (0, "peer\\udcff") == (shown.returncode, shown.stdout.split("/")[-1].strip()), (
+        shown.stderr
+    )
 
 
 def test_a_trail_that_cannot_be_opened_stops_the_start_with_its_reason(tmp_path: Path) -> None:

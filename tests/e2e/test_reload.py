@@ -151,6 +151,19 @@ def test_an_invalid_file_changes_nothing_and_names_every_problem(daemon: Daemon)
     assert [] == daemon.events("config.reloaded")
 
 
+def test_a_file_nested_too_deeply_is_refused_as_invalid_not_a_500(daemon: Daemon) -> None:
+    """A runaway nested array: reload exits 1 with config_invalid and the daemon logs
+    config.reload_failed (it answered 500 and logged a 180 KB traceback)."""
+    rewrite(daemon, CONFIG + "\n[x]\na = " + "[" * 5000 + "]" * 5000 + "\n")
+
+    reloaded = daemon.cli("reload")
+    failed = daemon.wait_for_event("config.reload_failed")
+
+    assert (1, "config_invalid") == (reloaded.returncode, failed["code"])
+    assert "nests values too deeply" in reloaded.stderr
+    assert [] == daemon.events("request.failed")
+
+
 def test_a_socket_change_is_refused_as_needing_a_restart(daemon: Daemon) -> None:
     """server.socket changed (and staging added): refused, named, nothing applied."""
     moved = daemon.socket_path.with_name("moved.sock")

@@ -9,6 +9,7 @@ import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -54,9 +55,14 @@ def front(moto_endpoint: MotoEndpoint) -> Iterator[OutageFront]:
 
 
 def start_hung(
-    start_daemon: StartDaemon, moto_endpoint: MotoEndpoint, front: OutageFront, refresh: str
+    start_daemon: StartDaemon,
+    moto_endpoint: MotoEndpoint,
+    front: OutageFront,
+    refresh: str,
+    tables: str = "",
 ) -> Daemon:
-    """A daemon that loaded its key, then a backend that holds every request unanswered."""
+    """A daemon that loaded its key, then a backend that holds every request unanswered;
+    ``tables``: more config tables."""
     name = moto_endpoint.secret_name("hung")
     moto_endpoint.client().create_secret(Name=name, SecretString=KEY)
     config = (
@@ -64,7 +70,7 @@ def start_hung(
         .replace("@ENDPOINT@", front.url)
         .replace("@SECRET@", name)
     )
-    daemon = start_daemon(config)
+    daemon = start_daemon(config + tables)
     daemon.wait_for_event("key.loaded", environment="sandbox")
     front.hanging = True
     return daemon
@@ -92,6 +98,31 @@ def test_shutdown_is_bounded_by_shutdown_timeout_with_a_backend_call_hung(
     code = stop_within_bound(daemon)
 
     assert (0, False) == (code, daemon.socket_path.exists())
+    daemon.wait_for_event("daemon.stopped")
+
+
+@pytest.mark.aws
+def test_a_sighup_while_the_sources_close_does_not_kill_the_stopping_daemon(
+    start_daemon: StartDaemon, moto_endpoint: MotoEndpoint, front: OutageFront, tmp_path: Path
+) -> None:
+    """logrotate's SIGHUP lands once the signal handlers are gone (the socket removed), while
+    the sources close: the daemon exits 0 with its trail closed; SIGHUP's default action
+    used to kill it (exit by signal 1, whatever of the stop was left undone)."""
+    audit = tmp_path / "audit.jsonl"
+    tables = f'\n[audit]\npath = "{audit}"\n'
+    daemon = start_hung(start_daemon, moto_endpoint, front, 'interval = "24h"', tables)
+    daemon.signal(signal.SIGHUP)
+    assert front.held.wait(EXIT_BOUND_S)
+    daemon.signal(signal.SIGTERM)
+    daemon.wait_for_event("daemon.stopping")
+    daemon._wait(lambda: True if not daemon.socket_path.exists() else None, "socket gone", 30)
+    daemon.signal(signal.SIGHUP)
+
+    assert daemon.process is not None
+    code = daemon.process.wait(EXIT_BOUND_S)
+
+    events = [json.loads(line)["event"] for line in audit.read_text().splitlines()]
+    assert (0, ["audit.closed", "audit.checkpoint"]) == (code, events[-2:])
     daemon.wait_for_event("daemon.stopped")
 
 

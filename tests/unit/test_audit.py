@@ -77,6 +77,36 @@ def test_a_reopen_after_logrotate_continues_the_chain_in_the_new_file(tmp_path: 
     assert chain_of(str(old["chain"]), body) == reopened["chain"]
 
 
+def test_a_reopen_onto_a_fifo_is_refused_at_once_and_keeps_the_old_file(tmp_path: Path) -> None:
+    """A FIFO put at the path: opening it would wait for a reader (on the event loop); the
+    reopen fails without blocking and records keep going to the file already open."""
+    path = tmp_path / "audit.jsonl"
+    trail = trail_at(path)
+    path.rename(tmp_path / "audit.jsonl.1")
+    os.mkfifo(path)
+    done = threading.Event()
+
+    def reopen() -> None:
+        trail.reopen()
+        done.set()
+
+    threading.Thread(target=reopen, daemon=True).start()
+    assert done.wait(10), "reopen blocked on the FIFO"
+    sign(trail)
+    assert ["signature.issued"] == [r["event"] for r in records(tmp_path / "audit.jsonl.1")]
+
+
+def test_a_symlink_at_the_path_is_refused_and_its_target_left_alone(tmp_path: Path) -> None:
+    """A symlink swapped in at the path is not followed: no record is appended to its target."""
+    target = tmp_path / "elsewhere.toml"
+    target.write_text("untouched\n")
+    path = tmp_path / "audit.jsonl"
+    path.symlink_to(target)
+    with pytest.raises(OSError, match="symbolic links"):
+        trail_at(path)
+    assert "untouched\n" == target.read_text()
+
+
 def test_the_file_is_created_private(tmp_path: Path) -> None:
     """0600: the trail names peers and key versions; it is no one else's to read."""
     path = tmp_path / "audit.jsonl"
@@ -366,3 +396,63 @@ def test_an_fdatasync_late_past_the_write_timeout_refuses_and_voids_the_record(
         voided["event"],
         voided["voided_seq"],
     )
+
+
+def test_a_failed_fdatasync_refuses_and_voids_the_record_already_in_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fsync = "always" and the disk reports EIO: 503, and the record written before the sync
+    is followed by audit.voided naming it (no record claims an answer never given)."""
+    path = tmp_path / "audit.jsonl"
+
+    def failing_fdatasync(_fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", failing_fdatasync)
+
+    async def scenario() -> None:
+        trail = AuditTrail(AuditConfig(path=path, fsync="always"), lambda: ())
+        line = trail.signature_issued("sandbox", "v1", "2026-12-01T10:00:00.000Z", PEER)
+        assert line is not None
+        with pytest.raises(AuditUnavailable):
+            await trail.released(line, "answer")
+
+    asyncio.run(scenario())
+    issued, voided = records(path)
+    assert ("signature.issued", "audit.voided", issued["seq"]) == (
+        issued["event"],
+        voided["event"],
+        voided["voided_seq"],
+    )
+
+
+def test_a_reopen_while_an_fdatasync_is_pending_still_releases_its_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGHUP (logrotate) during a group commit: the old file stays open until its sync ends,
+    so the answers waiting for it are released instead of refused with EBADF."""
+    path = tmp_path / "audit.jsonl"
+    real_fdatasync = os.fdatasync
+    entered, disk = threading.Event(), threading.Event()
+
+    def slow_fdatasync(fd: int) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            entered.set()
+            disk.wait(30)
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+
+    async def scenario() -> str:
+        trail = AuditTrail(AuditConfig(path=path, fsync="always"), lambda: ())
+        line = trail.signature_issued("sandbox", "v1", "2026-12-01T10:00:00.000Z", PEER)
+        assert line is not None
+        released = asyncio.ensure_future(trail.released(line, "answer"))
+        await asyncio.to_thread(entered.wait, 30)
+        path.rename(tmp_path / "audit.jsonl.1")
+        trail.reopen()
+        disk.set()
+        return str(await released)
+
+    assert "answer" == asyncio.run(scenario())
+    assert ["signature.issued"] == [r["event"] for r in records(tmp_path / "audit.jsonl.1")]

@@ -71,3 +71,36 @@ def test_a_time_without_offset_is_refused_and_a_date_is_midnight_utc() -> None:
     assert datetime(2026, 12, 1, tzinfo=UTC) == parse_time("2026-12-01")
     with pytest.raises(ValueError, match="offset"):
         parse_time("2026-12-01T10:00")
+
+
+def test_hostile_lines_are_skipped_or_counted_never_a_crash(tmp_path: Path) -> None:
+    """A nesting bomb, a time without an offset, a list for an executable and a count that is
+    no number (in no record the daemon writes): the query and its summary still answer."""
+    path = tmp_path / "hostile.jsonl"
+    path.write_text(
+        "[" * 100_000
+        + "\n"
+        + '{"seq":1,"event":"x","time":"2026-12-01T10:00:00"}\n'
+        + '{"seq":2,"event":"signature.issued","time":"2026-12-01T10:00:00Z","peer_exe":["a"]}\n'
+        + '{"seq":3,"event":"request.rejected_repeated","time":"2026-12-01T10:00:00Z",'
+        + '"reason":"forbidden","repeated":"many"}\n'
+    )
+    matched = query([path], Filters(since=parse_time("2026-12-01")))
+    summarized = summary(matched)
+    assert [2, 3] == [r["seq"] for r in matched]
+    assert ('["a"]', [{"reason": "forbidden", "count": 0}]) == (
+        summarized["signatures"][0]["peer_exe"],
+        summarized["refusals"],
+    )
+
+
+def test_a_line_verify_skips_as_operational_is_not_counted(trail_path: Path) -> None:
+    """A forged signature line with a ``level`` passes `audit verify` as an operational log
+    line (unchained), so `audit query` must not count it as a signature either."""
+    with trail_path.open("a") as file:
+        file.write(
+            '{"seq":99,"event":"signature.issued","level":"info","environment":"production",'
+            '"key_version":"v1","peer_uid":1001,"peer_user":null,"peer_exe":"/usr/bin/node"}\n'
+        )
+    matched = query([trail_path], Filters(event="signature.issued"))
+    assert 4 == len(matched)

@@ -137,3 +137,12 @@ def test_operational_log_lines_between_records_are_skipped_but_gaps_still_show(
     assert (True, 1) == (verify([mixed]).ok, verify([mixed]).skipped)
     lines[2] = log_line
     assert ("4", 4, "deleted: seq 3 is missing") == problem([write(tmp_path / "gap.jsonl", lines)])
+
+
+def test_a_line_nested_thousands_deep_is_named_not_a_crash(tmp_path: Path) -> None:
+    """A JSON nesting bomb in place of record 3 (shaped as a record, and not): a finding."""
+    lines = trail_file(tmp_path / "audit.jsonl")
+    for bomb in (b"[" * 100_000 + b"\n", b'{"a":' * 100_000 + CHAIN_FIELD + b"0" * 64 + b'"}\n'):
+        lines[2] = bomb
+        where, seq, text = problem([write(tmp_path / "bomb.jsonl", lines)])
+        assert ("3", None, "modified: not an audit record") == (where, seq, text)

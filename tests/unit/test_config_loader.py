@@ -350,6 +350,18 @@ def test_a_config_larger_than_the_bound_is_refused_unread(tmp_path: Path) -> Non
     ]
 
 
+def test_a_config_nested_thousands_deep_is_one_file_problem(tmp_path: Path) -> None:
+    """tomllib recurses per nesting level: a deep array is a (file) problem, not a
+    RecursionError that a reload would answer with a 500 and a traceback."""
+    path = tmp_path / "sidkeyd.toml"
+    path.write_text(MINIMAL + "\n[x]\na = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert [("(file)", f"{path} nests values too deeply")] == [
+        (p.key, p.reason) for p in caught.value.problems
+    ]
+
+
 def test_a_fifo_as_config_is_refused_without_blocking(tmp_path: Path) -> None:
     """A named pipe with no writer is not a regular file: refused, not waited on."""
     path = tmp_path / "sidkeyd.toml"

@@ -8,12 +8,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import TypeVar
 
+import pytest
 from structlog.testing import capture_logs
 
 from sidkeyd.config import EnvironmentConfig, RefreshConfig
 from sidkeyd.errors import KeyUnavailableError
 from sidkeyd.freshness import Trigger
-from sidkeyd.sources import FetchResult, RemoteKey, Unchanged
+from sidkeyd.presign import RemoteSigning
+from sidkeyd.sources import FetchResult, RemoteKey
 from support.engine import make_manager, sandbox
 from support.fakes import FakeSource
 
@@ -192,56 +194,60 @@ def test_a_reload_check_of_a_kept_environment_is_a_version_check() -> None:
     assert [("sandbox", None), ("sandbox", "s1")] == source.fetches
 
 
-class RemoteFakeSource(FakeSource):
-    """A source whose environments are signed remotely: each check answers one key version."""
-
-    def fetch(self, environment: EnvironmentConfig, held_version: str | None) -> FetchResult:
-        self.fetches.append((environment.name, held_version))
-        if held_version == "1":
-            return Unchanged("1")
-        return RemoteKey(LocalHmacSigner())
-
-
-class LocalHmacSigner:
-    """A ``RemoteSigner`` that signs locally (the table's contents do not matter here)."""
+class CountingSigner:
+    """A remote key version that answers every batch and counts the messages it signed."""
 
     backend = "transit"
     version = "1"
 
+    def __init__(self) -> None:
+        self.signed = 0
+
     def sign(self, messages: Sequence[bytes]) -> list[str]:
-        return ["A" * 43 + "=" for _ in messages]
+        self.signed += len(messages)
+        return ["c2lnbmF0dXJl"] * len(messages)
 
     def verify(self, message: bytes, signature: str) -> bool:
         return False
 
 
-def refill_loops() -> list[asyncio.Task[object]]:
-    """The presign refill loops still running on this event loop."""
-    return [
-        task
-        for task in asyncio.all_tasks()
-        if not task.done() and "_keep_filled" in getattr(task.get_coro(), "__qualname__", "")
-    ]
+class RemoteSource:
+    """A source whose environments sign remotely with one ``CountingSigner``."""
+
+    name = "remote"
+
+    def __init__(self) -> None:
+        self.signer = CountingSigner()
+
+    def fetch(self, environment: EnvironmentConfig, held_version: str | None) -> FetchResult:
+        return RemoteKey(self.signer)
+
+    def close(self) -> None:
+        pass
 
 
-def test_a_removed_remote_environment_stops_refilling_and_drops_its_table() -> None:
-    """Its snapshot leaves the store and its table and refill loop go with it, as at a
-    rotation: no presigned signature and no backend call is left behind."""
-    remote_source = RemoteFakeSource("remote")
-    source, envs = two_environments()
-    transit = sandbox("remote", signer="transit", transit_key="smileid-sandbox")
-    sources = {"fake": source, "remote": remote_source}
-    manager, store = make_manager(sources, transit, envs["production"])
+@pytest.mark.parametrize("renewed", [[], ["sandbox"]], ids=["removed", "renewed"])
+def test_a_remote_signer_removed_or_renewed_stops_refilling_and_drops_its_table(
+    renewed: list[str],
+) -> None:
+    """signer = "transit" removed by a reload, or renewed: the old key version is retired (its
+    presigned table emptied, its refills stopped), not left calling the backend."""
+    source = RemoteSource()
+    manager, store = make_manager({"remote": source}, sandbox("remote"))
+
+    async def filled(remote: RemoteSigning) -> None:  # the first refill runs in the sign pool
+        while not remote.presigned_for_s():
+            await asyncio.sleep(0.005)
 
     async def body() -> None:
         await manager.start()
-        held = store.get("sandbox")
-        running = len(refill_loops())
-        manager.reconfigure({"production": envs["production"]}, {"fake": source}, renewed=[])
-        for _ in range(5):  # let the cancelled loop unwind
-            await asyncio.sleep(0)
-        left = (running, len(refill_loops()), held is not None and held.remote is not None)
+        old = store.get("sandbox")
+        assert old is not None
+        assert old.remote is not None
+        await asyncio.wait_for(filled(old.remote), 10)
+        kept = {"sandbox": sandbox("remote")} if renewed else {}
+        manager.reconfigure(kept, {"remote": source}, renewed=renewed)
+        assert 0.0 == old.remote.presigned_for_s()
         await manager.stop()
-        assert (1, 0, True) == left
 
     run(body)
