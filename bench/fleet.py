@@ -35,7 +35,6 @@ import argparse
 import base64
 import hashlib
 import hmac
-import http.client
 import json
 import math
 import os
@@ -71,6 +70,7 @@ from support.moto_server import (  # noqa: E402
     change_event,
     fake_credentials,
     moto_server,
+    relay,
 )
 
 PARTNER_ID = "085"
@@ -159,21 +159,7 @@ def counting_front(upstream: str) -> Iterator[CountingFront]:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             front.operations.append(self.headers.get("X-Amz-Target", "unknown"))
-            conn = http.client.HTTPConnection(origin.hostname or "", origin.port, timeout=30)
-            try:
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
-                conn.request("POST", self.path, body=body, headers=headers)
-                answer = conn.getresponse()
-                payload = answer.read()
-            finally:
-                conn.close()
-            self.send_response(answer.status)
-            for name, value in answer.getheaders():
-                if name.lower() not in ("connection", "transfer-encoding", "content-length"):
-                    self.send_header(name, value)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            relay(self, origin.hostname or "", origin.port or 80, body)
 
         def log_message(self, format: str, *args: Any) -> None:
             pass

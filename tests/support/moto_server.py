@@ -74,6 +74,26 @@ _SIGNED_REGION = re.compile(r"Credential=[^/]+/\d{8}/([^/]+)/")
 ACCOUNT = "123456789012"  # moto's default account
 
 
+def relay(handler: BaseHTTPRequestHandler, host: str, port: int, body: bytes) -> None:
+    """Forward ``handler``'s POST (its ``body`` already read) to ``host:port`` and copy the
+    answer back, framed by Content-Length."""
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    try:
+        headers = {k: v for k, v in handler.headers.items() if k.lower() != "connection"}
+        conn.request("POST", handler.path, body=body, headers=headers)
+        answer = conn.getresponse()
+        payload = answer.read()
+    finally:
+        conn.close()
+    handler.send_response(answer.status)
+    for name, value in answer.getheaders():
+        if name.lower() not in ("connection", "transfer-encoding", "content-length"):
+            handler.send_header(name, value)
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    handler.wfile.write(payload)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -270,21 +290,7 @@ def _front_handler(upstream: str, front: OutageFront) -> type[BaseHTTPRequestHan
             if secret_id is not None and secret_id in front.denied:
                 self._answer(400, _access_denied(secret_id), "application/x-amz-json-1.1")
                 return
-            conn = http.client.HTTPConnection(host, int(port), timeout=30)
-            try:
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
-                conn.request("POST", self.path, body=body, headers=headers)
-                answer = conn.getresponse()
-                payload = answer.read()
-            finally:
-                conn.close()
-            self.send_response(answer.status)
-            for name, value in answer.getheaders():
-                if name.lower() not in ("connection", "transfer-encoding", "content-length"):
-                    self.send_header(name, value)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            relay(self, host, int(port), body)
 
         def _answer(self, status: int, payload: bytes, content_type: str) -> None:
             self.send_response(status)
