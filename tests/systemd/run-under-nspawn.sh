@@ -3,7 +3,8 @@
 # with systemd-nspawn, sidkeyd installed in it from wheels built here (pyproject.toml, README.md
 # and src/, as the Dockerfile copies them), the sysusers/tmpfiles files applied, then: socket
 # activation, READY/STATUS, the watchdog setting, a client in sidkeyd-clients and one outside,
-# reload (applied, and refused for an invalid file), stop (the socket stays), activation again, and the daemon binding the socket itself
+# reload (applied, and refused for an invalid file), the watchdog (pings, and a frozen daemon
+# restarted), stop (the socket stays), activation again, and the daemon binding the socket itself
 # with socket_group; checked with systemctl, journalctl and real clients.
 #
 #   sudo PYTHON=.venv/bin/python tests/systemd/run-under-nspawn.sh     # from anywhere
@@ -243,5 +244,30 @@ inside journalctl -u sidkeyd -o cat --no-pager | grep -q '"event": "config.reloa
 check "signs after a refused reload" "$version" "$(sign)"
 inside cp /root/good.toml /etc/sidkeyd/sidkeyd.toml
 inside systemctl reload sidkeyd.service || fail "systemctl reload after the file was fixed"
+
+# The watchdog, with a drop-in of 2 s: the loop's pings keep a running daemon alive over
+# several periods; a frozen one (SIGSTOP) is killed and restarted by systemd.
+inside sh -c 'mkdir -p /etc/systemd/system/sidkeyd.service.d
+    printf "[Service]\nWatchdogSec=2s\nTimeoutAbortSec=2s\n" \
+        >/etc/systemd/system/sidkeyd.service.d/watchdog.conf
+    systemctl daemon-reload && systemctl restart sidkeyd.service' || fail "the watchdog drop-in"
+check "watchdog at 2 s" 2s "$(show sidkeyd.service WatchdogUSec)"
+pid=$(show sidkeyd.service MainPID)
+restarts=$(show sidkeyd.service NRestarts)
+sleep 5  # 2.5 watchdog periods: an absence of restarts cannot be awaited as an event
+check "pings keep it alive (same process)" "$pid" "$(show sidkeyd.service MainPID)"
+inside sh -c 'kill -STOP "$1"' sh "$pid"  # the shell's kill: minbase has no procps
+for _ in $(seq 300); do  # up to 30 s: 2 s to the timeout, 2 s to abort, RestartSec 2 s
+    now=$(show sidkeyd.service MainPID)
+    [ "$now" != "$pid" ] && [ "$now" != 0 ] && [ "$(show sidkeyd.service SubState)" = running ] \
+        && break
+    sleep 0.1
+done
+check "a frozen daemon restarted by the watchdog" $((restarts + 1)) "$(show sidkeyd.service NRestarts)"
+inside journalctl -u sidkeyd --no-pager -q | grep -q "Watchdog timeout" \
+    || fail "no watchdog timeout in the journal"
+check "signs after the watchdog restart" "$version" "$(sign)"
+inside rm /etc/systemd/system/sidkeyd.service.d/watchdog.conf
+inside systemctl daemon-reload
 inside systemctl stop sidkeyd.service || fail "systemctl stop"
 echo "PASS: the units under systemd $(inside systemctl --version | head -n1 | cut -d' ' -f2)"
