@@ -22,7 +22,7 @@ from sidkeyd.errors import InvalidSecretError, SourceError, TransientSourceError
 from sidkeyd.freshness import Freshness, Installed, Transition, Trigger
 from sidkeyd.keystore import KeySnapshot, KeyStore
 from sidkeyd.log import get_logger
-from sidkeyd.presign import RemoteSigning
+from sidkeyd.presign import LiveCalls, RemoteSigning
 from sidkeyd.scheduling import CheckSchedule
 from sidkeyd.sources import FetchResult, RemoteKey, SecretValue, Source
 from sidkeyd.threads import DaemonThreadPool
@@ -104,6 +104,9 @@ class CheckRunner:
         # Remote signers' calls (presign refills, caller timestamps, verifies): never queued
         # behind a check, nor a check behind them.
         self._sign_pool = DaemonThreadPool(max_workers=8, thread_name_prefix="sidkeyd-sign")
+        # Refills in a pool of their own: a flood of live calls never delays one.
+        self._refill_pool = DaemonThreadPool(max_workers=4, thread_name_prefix="sidkeyd-refill")
+        self._live_calls: dict[str, LiveCalls] = {}  # per environment, shared by its versions
         self._flights: dict[str, _Flight] = {}
         self._epochs: dict[str, int] = {}  # bumped when a reload renews or drops an environment
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}  # (env, stale|revoke)
@@ -151,6 +154,7 @@ class CheckRunner:
             self._retire(self._store.get(name))
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._sign_pool.shutdown(wait=False, cancel_futures=True)
+        self._refill_pool.shutdown(wait=False, cancel_futures=True)
 
     async def check(
         self, environment: str, trigger: Trigger, *, force: bool = False, **fields: Any
@@ -258,7 +262,15 @@ class CheckRunner:
         if held is not None and held.remote is not None and held.version == key.version:
             return None
         assert env.partner_id is not None  # the loader requires it with a remote signer
-        remote = RemoteSigning(env.name, env.partner_id, key.signer, env.presign, self._sign_pool)
+        remote = RemoteSigning(
+            env.name,
+            env.partner_id,
+            key.signer,
+            env.presign,
+            self._sign_pool,
+            live_calls=self._live_calls_of(env),
+            refill_pool=self._refill_pool,
+        )
         snapshot = KeySnapshot.for_remote(
             environment=env.name,
             partner_id=env.partner_id,
@@ -270,6 +282,13 @@ class CheckRunner:
         self._retire(held)
         remote.start()
         return Installed(snapshot, held)
+
+    def _live_calls_of(self, env: EnvironmentConfig) -> LiveCalls:
+        """The environment's bound, kept across versions while its limit is unchanged."""
+        live = self._live_calls.get(env.name)
+        if live is None or live.limit != env.presign.live_calls_max:
+            live = self._live_calls[env.name] = LiveCalls(env.presign.live_calls_max)
+        return live
 
     @staticmethod
     def _retire(snapshot: KeySnapshot | None) -> None:
