@@ -71,6 +71,21 @@ def resolve_partner_id(environment: EnvironmentConfig, value: SecretValue) -> st
     return partner_id
 
 
+def check_key_version(value: SecretValue) -> None:
+    """A version that holds the key is refused: it is served in every answer, the audit trail
+    and status. Whoever writes an AWS secret chooses its VersionId (ClientRequestToken).
+
+    The message names neither.
+    """
+    key = value.api_key.reveal()
+    if key and key in value.version:
+        raise InvalidSecretError(
+            "the secret's version id contains the key (set by whoever wrote the secret, e.g. "
+            "an AWS ClientRequestToken): write the secret again with another version id",
+            code="key_version_invalid",
+        )
+
+
 _SUPERSEDED = "superseded by a config reload: not applied"
 
 
@@ -237,6 +252,7 @@ class CheckRunner:
 
     def _install(self, env: EnvironmentConfig, value: SecretValue) -> Installed | None:
         """Put a fresh read in the store, unless it is the key held already."""
+        check_key_version(value)
         partner_id = resolve_partner_id(env, value)
         held = self._store.get(env.name)
         if (
