@@ -22,7 +22,7 @@ from sidkeyd.errors import InvalidSecretError, SourceError, TransientSourceError
 from sidkeyd.freshness import Freshness, Installed, Transition, Trigger
 from sidkeyd.keystore import KeySnapshot, KeyStore
 from sidkeyd.log import get_logger
-from sidkeyd.presign import RemoteSigning
+from sidkeyd.presign import LiveCalls, RemoteSigning
 from sidkeyd.scheduling import CheckSchedule
 from sidkeyd.sources import FetchResult, RemoteKey, SecretValue, Source
 from sidkeyd.threads import DaemonThreadPool
@@ -71,6 +71,21 @@ def resolve_partner_id(environment: EnvironmentConfig, value: SecretValue) -> st
     return partner_id
 
 
+def check_key_version(value: SecretValue) -> None:
+    """A version that holds the key is refused: it is served in every answer, the audit trail
+    and status. Whoever writes an AWS secret chooses its VersionId (ClientRequestToken).
+
+    The message names neither.
+    """
+    key = value.api_key.reveal()
+    if key and key in value.version:
+        raise InvalidSecretError(
+            "the secret's version id contains the key (set by whoever wrote the secret, e.g. "
+            "an AWS ClientRequestToken): write the secret again with another version id",
+            code="key_version_invalid",
+        )
+
+
 _SUPERSEDED = "superseded by a config reload: not applied"
 
 
@@ -104,6 +119,9 @@ class CheckRunner:
         # Remote signers' calls (presign refills, caller timestamps, verifies): never queued
         # behind a check, nor a check behind them.
         self._sign_pool = DaemonThreadPool(max_workers=8, thread_name_prefix="sidkeyd-sign")
+        # Refills in a pool of their own: a flood of live calls never delays one.
+        self._refill_pool = DaemonThreadPool(max_workers=4, thread_name_prefix="sidkeyd-refill")
+        self._live_calls: dict[str, LiveCalls] = {}  # per environment, shared by its versions
         self._flights: dict[str, _Flight] = {}
         self._epochs: dict[str, int] = {}  # bumped when a reload renews or drops an environment
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}  # (env, stale|revoke)
@@ -151,6 +169,7 @@ class CheckRunner:
             self._retire(self._store.get(name))
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._sign_pool.shutdown(wait=False, cancel_futures=True)
+        self._refill_pool.shutdown(wait=False, cancel_futures=True)
 
     async def check(
         self, environment: str, trigger: Trigger, *, force: bool = False, **fields: Any
@@ -233,6 +252,7 @@ class CheckRunner:
 
     def _install(self, env: EnvironmentConfig, value: SecretValue) -> Installed | None:
         """Put a fresh read in the store, unless it is the key held already."""
+        check_key_version(value)
         partner_id = resolve_partner_id(env, value)
         held = self._store.get(env.name)
         if (
@@ -258,7 +278,15 @@ class CheckRunner:
         if held is not None and held.remote is not None and held.version == key.version:
             return None
         assert env.partner_id is not None  # the loader requires it with a remote signer
-        remote = RemoteSigning(env.name, env.partner_id, key.signer, env.presign, self._sign_pool)
+        remote = RemoteSigning(
+            env.name,
+            env.partner_id,
+            key.signer,
+            env.presign,
+            self._sign_pool,
+            live_calls=self._live_calls_of(env),
+            refill_pool=self._refill_pool,
+        )
         snapshot = KeySnapshot.for_remote(
             environment=env.name,
             partner_id=env.partner_id,
@@ -270,6 +298,13 @@ class CheckRunner:
         self._retire(held)
         remote.start()
         return Installed(snapshot, held)
+
+    def _live_calls_of(self, env: EnvironmentConfig) -> LiveCalls:
+        """The environment's bound, kept across versions while its limit is unchanged."""
+        live = self._live_calls.get(env.name)
+        if live is None or live.limit != env.presign.live_calls_max:
+            live = self._live_calls[env.name] = LiveCalls(env.presign.live_calls_max)
+        return live
 
     @staticmethod
     def _retire(snapshot: KeySnapshot | None) -> None:

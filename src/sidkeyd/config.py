@@ -205,6 +205,9 @@ class PresignConfig:
     # Timestamps per Transit call (batch_input); KMS has no batch call. 300: a refill from
     # 5 to 10 minutes ahead is one call.
     batch: int = 300
+    # Live calls (caller timestamps, verifies not presigned) outstanding at once, queued and
+    # running: past it a live call is refused, so one environment cannot fill the pool's queue.
+    live_calls_max: int = 16
 
 
 SMILEID_BASE_URLS = {

@@ -450,9 +450,10 @@ _LOCAL_ONLY = (
     "secret", "payload", "api_key_field", "partner_id_field", "version", "version_stage",
     "smileid", "smileid_url",
 )  # fmt: skip
-_PRESIGN_KEYS = ("presign_lead", "presign_refill_below", "presign_batch")
+_PRESIGN_KEYS = ("presign_lead", "presign_refill_below", "presign_batch", "live_calls_max")
 # Transit refuses a batch_input past about 500 entries ("high complexity").
 MAX_PRESIGN_BATCH = 450
+MAX_LIVE_CALLS = 1024
 
 
 def _presign(table: TomlTable) -> PresignConfig:
@@ -463,6 +464,7 @@ def _presign(table: TomlTable) -> PresignConfig:
             "presign_refill_below", d.refill_below, minimum=timedelta(seconds=5)
         ),
         batch=table.integer("presign_batch", d.batch, 1, MAX_PRESIGN_BATCH),
+        live_calls_max=table.integer("live_calls_max", d.live_calls_max, 1, MAX_LIVE_CALLS),
     )
     if config.refill_below >= config.lead:
         table.problem("presign_refill_below", "must be shorter than presign_lead")

@@ -229,7 +229,11 @@ MAX_ID = 4_294_967_294  # uid_t and gid_t are 32 bits; (uid_t)-1 means "no chang
 
 
 def _name_or_id(value: object) -> str | int | None:
-    """An id as chown and docker's --user take it: 1001 and "1001" are ids, "app" is a name."""
+    """1001 and "1001" (ASCII digits) are ids, never looked up as names; "app" is a name.
+
+    Unlike chown(1), which looks a digit string up as a name first: a client container's
+    users have no entry here, and an id must not change meaning with /etc/passwd.
+    """
     if isinstance(value, str) and value.isascii() and value.isdigit():
         value = int(value)
     if type(value) is int:

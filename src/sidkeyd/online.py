@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from sidkeyd.checks import resolve_partner_id
+from sidkeyd.checks import check_key_version, resolve_partner_id
 from sidkeyd.config import Config
 from sidkeyd.errors import SourceError
 from sidkeyd.log import get_logger
@@ -52,6 +52,7 @@ def probe(config: Config, read_keys: list[str]) -> list[Probe]:
                     continue
                 assert isinstance(value, SecretValue)  # a full read never answers Unchanged
                 read_keys.append(value.api_key.reveal())
+                check_key_version(value)
                 resolve_partner_id(environment, value)
                 results.append(Probe(name, key_version=value.version))
             except SourceError as exc:

@@ -4,7 +4,9 @@ A remote signer's call is a network round trip. ``RemoteSigning`` keeps a ``Pres
 of the signatures of the coming whole seconds (``...T07:52:13.000Z``, the daemon's timestamp
 format at ``.000``), refilled in batches in the signing pool before it runs low, so that a
 request without a timestamp is answered from memory with no network call. A request with its
-own timestamp, and a verify of anything not in the table, is one call in the pool.
+own timestamp, and a verify of anything not in the table, is one call in the pool, within the
+environment's ``LiveCalls`` bound (past it: ``503 signer_busy``). Refills run in a pool of their
+own when given one, so that a flood of live calls cannot delay them.
 
 It belongs to one ``KeySnapshot``: a rotation installs a new snapshot with an empty table and
 ``retire()``s the old one, whose table is dropped at once. While the backend fails, the table
@@ -14,6 +16,7 @@ serves until it runs out, then ``presign_exhausted``; caller timestamps are refu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import random
 import time
@@ -23,7 +26,7 @@ from typing import TypeVar
 
 from sidkeyd.backoff import Backoff
 from sidkeyd.config import PresignConfig
-from sidkeyd.errors import KeyUnavailableError, SourceError, TransientSourceError
+from sidkeyd.errors import KeyUnavailableError, RequestError, SourceError, TransientSourceError
 from sidkeyd.log import get_logger
 from sidkeyd.signers import RemoteSigner
 from sidkeyd.signing import signed_message, whole_second
@@ -79,6 +82,33 @@ class PresignedTable:
         self.start = self.end = 0
 
 
+class LiveCalls:
+    """One environment's live backend calls outstanding (queued or running in the pool), at
+    most ``limit``: a flood on one environment cannot fill the shared pool's queue ahead of
+    another's. Shared by the environment's key versions. Event loop only."""
+
+    __slots__ = ("limit", "outstanding")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.outstanding = 0
+
+    def take(self, environment: str) -> None:
+        """One more call, or ``503 signer_busy`` (``Retry-After: 1``) when ``limit`` are out."""
+        if self.outstanding >= self.limit:
+            raise RequestError(
+                "signer_busy",
+                f"{self.limit} live signer calls are already outstanding for {environment!r}; "
+                "retry in a second, or sign without a timestamp (presigned)",
+                status=503,
+                headers=(("Retry-After", "1"),),
+            )
+        self.outstanding += 1
+
+    def release(self) -> None:
+        self.outstanding -= 1
+
+
 class RemoteSigning:
     """One remote key version's table, refill task and live calls, for the sign path."""
 
@@ -93,12 +123,16 @@ class RemoteSigning:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        live_calls: LiveCalls | None = None,
+        refill_pool: Executor | None = None,
     ) -> None:
         self.environment = environment
         self.signer = signer
         self._partner_id = partner_id
         self._config = config
         self._pool = pool
+        self._refill_pool = refill_pool or pool
+        self.live_calls = live_calls or LiveCalls(config.live_calls_max)
         self._clock = clock
         self._rng = rng or random.Random()
         self._sleep = sleep  # between refills (tests wake it themselves)
@@ -175,12 +209,23 @@ class RemoteSigning:
                 f"({self.failing.code}) and {why}; retry when it is back",
             )
 
-    async def _in_pool(self, call: Callable[..., T], *args: object) -> T:
-        """``call(*args)`` in the signing pool; a signer's bug is a failure like any other,
-        so that it can neither end the refill loop nor escape a request as a 500."""
+    async def _in_pool(
+        self,
+        pool: Executor,
+        call: Callable[..., T],
+        *args: object,
+        done: Callable[[], None] | None = None,
+    ) -> T:
+        """``call(*args)`` in ``pool``; a signer's bug is a failure like any other, so that it
+        can neither end the refill loop nor escape a request as a 500. ``done`` runs on the
+        loop when the call has left the pool: run, failed, or cancelled while still queued
+        (a caller gone mid-call leaves it running, and counted, until it returns)."""
         loop = asyncio.get_running_loop()
+        future = pool.submit(call, *args)
+        if done is not None:
+            future.add_done_callback(lambda _: _call_soon(loop, done))
         try:
-            return await loop.run_in_executor(self._pool, call, *args)
+            return await asyncio.wrap_future(future)
         except SourceError:
             raise
         except Exception as exc:
@@ -190,8 +235,11 @@ class RemoteSigning:
             ) from exc
 
     async def _call(self, call: Callable[..., T], *args: object) -> T:
+        self.live_calls.take(self.environment)
         try:
-            return await self._in_pool(self._live, time.monotonic(), call, *args)
+            return await self._in_pool(
+                self._pool, self._live, time.monotonic(), call, *args, done=self.live_calls.release
+            )
         except SourceError as exc:
             self._log.warning(
                 "signer.call_failed",
@@ -270,7 +318,7 @@ class RemoteSigning:
         while first < until:
             stamps = [whole_second(s) for s in range(first, min(first + self._config.batch, until))]
             messages = [signed_message(stamp, self._partner_id) for stamp in stamps]
-            signatures = await self._in_pool(self.signer.sign, messages)
+            signatures = await self._in_pool(self._refill_pool, self.signer.sign, messages)
             if self._retired:
                 return
             if len(signatures) != len(stamps):
@@ -288,3 +336,9 @@ class RemoteSigning:
                 calls=calls,
                 presigned_s=int(self.presigned_for_s()),
             )
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    """From a pool thread (or the loop's own, for a call cancelled while queued)."""
+    with contextlib.suppress(RuntimeError):  # the loop has closed (shutdown): nothing to count
+        loop.call_soon_threadsafe(callback)

@@ -226,7 +226,8 @@ SD_LISTEN_FDS_START = 3  # sd_listen_fds(3): the first socket passed by the serv
 def inherited_socket(environ: dict[str, str] | None = None) -> socket.socket | None:
     """The listening socket systemd passed (socket activation), or None.
 
-    ``LISTEN_PID`` must be this process and ``LISTEN_FDS`` at least 1; with several, the one
+    ``LISTEN_PID`` must be this process and ``LISTEN_FDS`` at least 1 (not a decimal number: a
+    ``StartupError``, as sd_listen_fds(3) fails); with several, the one
     ``LISTEN_FDNAMES`` names ``sidkeyd`` (else the first). The variables are removed so that no
     child inherits them. The socket is used as it is: its mode and group are the socket unit's,
     and it is never unlinked (systemd owns the path).
@@ -234,10 +235,17 @@ def inherited_socket(environ: dict[str, str] | None = None) -> socket.socket | N
     env = os.environ if environ is None else environ
     if env.get("LISTEN_PID") != str(os.getpid()):
         return None
-    count = int(env.get("LISTEN_FDS", "0") or 0)
+    listen_fds = env.get("LISTEN_FDS", "0") or "0"
     names = (env.get("LISTEN_FDNAMES") or "").split(":")
     for variable in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         env.pop(variable, None)
+    if not (listen_fds.isascii() and listen_fds.isdigit()):
+        # sd_listen_fds(3) fails on it too: guessing could serve on the wrong descriptor.
+        raise StartupError(
+            f"LISTEN_FDS is not a number ({listen_fds[:32]!r}): the service manager's "
+            "socket-activation variables are malformed"
+        )
+    count = int(listen_fds)
     if count < 1:
         return None
     index = names.index("sidkeyd") if "sidkeyd" in names[:count] else 0

@@ -140,3 +140,28 @@ def test_deleted_secret_keeps_the_last_good_key(
         failure["serving_version"],
         signed["key_version"],
     )
+
+
+def test_a_version_id_set_to_the_key_is_refused_and_the_last_good_key_kept(
+    daemon: Daemon, moto_endpoint: MotoEndpoint, secret: tuple[str, str]
+) -> None:
+    """PutSecretValue with ClientRequestToken = the new key (its VersionId): the read is
+    refused as key_version_invalid, signing goes on with the held version, and the new key
+    appears in no answer (sign, refresh, status) nor in the log (the fixture checks)."""
+    name, version = secret
+    moto_endpoint.client().put_secret_value(
+        SecretId=name, SecretString=payload(ROTATED_KEY), ClientRequestToken=ROTATED_KEY
+    )
+    client = daemon.client()
+    refreshed = client.refresh("sandbox")
+    failure = daemon.wait_for_event("key.refresh_failed", environment="sandbox")
+    signed = client.sign("sandbox")
+    answers = json.dumps([refreshed, signed, client.status()])
+
+    assert ("key_version_invalid", version, version) == (
+        failure["error_code"],
+        failure["serving_version"],
+        signed["key_version"],
+    )
+    assert expected_signature(FIRST_KEY, signed["timestamp"], "085") == signed["signature"]
+    assert ROTATED_KEY not in answers

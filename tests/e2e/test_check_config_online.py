@@ -63,3 +63,23 @@ def test_all_readable_is_exit_0(tmp_path: Path) -> None:
     )
     result = check(config)
     assert (0, True) == (result.returncode, FILE_KEY not in result.stdout + result.stderr)
+
+
+def test_a_version_id_holding_the_key_is_a_problem_that_quotes_neither(
+    moto_endpoint: MotoEndpoint, tmp_path: Path
+) -> None:
+    """A secret created with ClientRequestToken = its key: exit 1, key_version_invalid,
+    and the key (its VersionId) is not printed."""
+    key = "online-check-token-key-51c9-0000-not-real"
+    ALL_SECRETS.add(key)
+    name = moto_endpoint.secret_name("online")
+    moto_endpoint.client().create_secret(Name=name, SecretString=key, ClientRequestToken=key)
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[sources.aws]\ntype = "aws"\nregion = "us-east-1"\nendpoint_url = "{moto_endpoint.url}"\n'
+        f'max_attempts = 1\n[environments.sandbox]\nsource = "aws"\nsecret = "{name}"\n'
+        'partner_id = "085"\n'
+    )
+    result = check(config)
+    assert (1, True) == (result.returncode, "  sandbox: key_version_invalid:" in result.stdout)
+    assert key not in result.stdout + result.stderr

@@ -85,3 +85,28 @@ def test_an_inherited_socket_is_served_and_never_unlinked(tool: str, tmp_path: P
     )
     assert [] == daemon.events("daemon.failed")
     daemon.assert_no_secret_in_logs([KEY])
+
+
+def test_a_listen_fds_that_is_not_a_number_stops_the_start_naming_it(tmp_path: Path) -> None:
+    """LISTEN_PID is the daemon's own pid (``exec``) and LISTEN_FDS garbage: exit 3 as other
+    start-up failures, ``daemon.failed`` naming the variable, no traceback, nothing bound."""
+    (tmp_path / "keys.toml").write_text(key_file(KEY)["keys.toml"])
+    daemon = Daemon.write_config(tmp_path, file_config())
+    script = 'exec env LISTEN_PID=$$ LISTEN_FDS=three "$@"'
+    serve = [sys.executable, "-m", "sidkeyd", "serve", "-c", str(daemon.config_path)]
+    with daemon.log_path.open("ab") as log:
+        code = subprocess.run(
+            ["sh", "-c", script, "sh", *serve],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+            timeout=60,
+            check=False,
+        ).returncode
+    failed = daemon.events("daemon.failed")
+
+    assert 3 == code
+    assert 1 == len(failed)
+    assert "LISTEN_FDS is not a number ('three')" in failed[0]["reason"]
+    assert "Traceback" not in daemon.log_path.read_text()
+    assert not daemon.socket_path.exists()

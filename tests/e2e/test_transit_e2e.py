@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +100,14 @@ def import_key(operator: Path, key: str, server: OpenBao) -> subprocess.Complete
     )
 
 
+def eventually(probe: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    """Poll an observable condition until it holds (a bounded wait, not a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while not probe():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.02)
+
+
 def caller_timestamp() -> str:
     """A timestamp of now with milliseconds, as a caller sends it: never presigned."""
     return time.strftime("%Y-%m-%dT%H:%M:%S.123Z", time.gmtime())
@@ -121,10 +130,15 @@ def start_transit_daemon(
     url: str | None = None,
     lead: str = "10m",
     refill: str = "5m",
+    extra: str = "",
 ) -> TransitDaemon:
-    """Import ``key`` into a fresh mount, then start a daemon signing with it (table filled)."""
+    """Import ``key`` into a fresh mount, then start a daemon signing with it (table filled).
+
+    ``extra`` is appended to the config (MOUNT and KEY in it replaced as in the sandbox's).
+    """
     mount, name, token = transit_setup(server)
     config = config_for(url or server.url, mount, name, lead, refill)
+    config += extra.replace("MOUNT", mount).replace('"KEY"', f'"{name}"')
     operator = folder / "operator.toml"
     operator.write_text(
         config.replace('token_file = "token"\n', "").replace("{socket}", str(folder / "none"))
@@ -301,3 +315,69 @@ def test_check_config_online_names_the_transit_key_version(
         checked.returncode,
         checked.stdout.splitlines()[-1],
     )
+
+
+# Sandbox (above, through a held proxy) may have 4 live calls out; production signs with the
+# same Transit key, straight to the server.
+BOUNDED_AND_DIRECT = """live_calls_max = 4
+
+[sources.direct]
+type = "vault"
+url = "DIRECT"
+
+[sources.direct.auth]
+method = "token"
+token_file = "token"
+
+[environments.production]
+source = "direct"
+signer = "transit"
+transit_mount = "MOUNT"
+transit_key = "KEY"
+partner_id = "085"
+"""
+
+
+def test_a_live_flood_on_one_environment_is_refused_promptly_and_spares_the_others(
+    openbao: OpenBao, start_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """Sandbox's Transit held with its 4 live calls out: more caller-timestamp signs and
+    bogus verifies there are 503 signer_busy at once, with no call made, while production's
+    live sign and sandbox's presigned one are answered; the held calls complete after."""
+    with CountingProxy(openbao.url) as proxy:
+        extra = BOUNDED_AND_DIRECT.replace("DIRECT", openbao.url)
+        started = start_transit_daemon(
+            start_daemon, openbao, tmp_path, FIRST_KEY, url=proxy.url, extra=extra
+        )
+        daemon = started.daemon
+        daemon.wait_for_event("presign.refilled", environment="production")
+        proxy.hold()
+        mark = proxy.mark()
+        stamp = caller_timestamp()
+        with ThreadPoolExecutor(4) as callers:
+            held = [callers.submit(daemon.client().sign, "sandbox", stamp) for _ in range(4)]
+            eventually(lambda: 4 == len(proxy.seen()[mark:]), "4 live calls held at the proxy")
+            client = daemon.client()
+            flood = [refused(lambda: client.sign("sandbox", stamp)) for _ in range(10)]
+            flood += [refused(lambda: client.verify("sandbox", stamp, "bogus")) for _ in range(10)]
+            body = b'{"environment":"sandbox","timestamp":"' + stamp.encode() + b'"}'
+            raw = daemon.raw(
+                b"POST /v1/sign HTTP/1.1\r\nConnection: close\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            reached = len(proxy.seen()[mark:])
+            other = client.sign("production", stamp)
+            presigned = client.sign("sandbox")
+            proxy.release()
+            answered = [call.result(timeout=30) for call in held]
+    rejected = daemon.wait_for_event("request.rejected", reason="signer_busy")
+
+    assert [(503, "signer_busy")] * 20 == flood
+    assert 4 == reached  # the refused made no call
+    assert expected_signature(FIRST_KEY, stamp, "085") == other["signature"]
+    assert expected_signature(FIRST_KEY, presigned["timestamp"], "085") == presigned["signature"]
+    assert [expected_signature(FIRST_KEY, stamp, "085")] * 4 == [a["signature"] for a in answered]
+    assert b"503 Service Unavailable" in raw
+    assert b"\r\nRetry-After: 1\r\n" in raw
+    assert "/v1/sign" == rejected["path"]

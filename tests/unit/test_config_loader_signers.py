@@ -115,6 +115,28 @@ def test_invalid_presign_settings_are_named_with_their_paths() -> None:
     assert "450" in found["environments.sandbox.presign_batch"]
 
 
+def test_live_calls_max_defaults_to_16() -> None:
+    """At most 16 live calls outstanding per environment unless configured."""
+    assert 16 == environment(TRANSIT).presign.live_calls_max
+
+
+def test_live_calls_max_is_read_as_given() -> None:
+    """A valid bound is kept."""
+    assert 64 == environment(TRANSIT + "live_calls_max = 64\n").presign.live_calls_max
+
+
+def test_an_invalid_live_calls_max_is_named_with_its_path() -> None:
+    """Zero would refuse every live call: a problem at its key, with the range."""
+    found = problems(TRANSIT + "live_calls_max = 0\n")
+    assert "must be between 1 and 1024, not 0" == found["environments.sandbox.live_calls_max"]
+
+
+def test_live_calls_max_needs_a_remote_signer() -> None:
+    """A local key makes no live call: the setting is a slip."""
+    found = problems(LOCAL + "live_calls_max = 4\n")
+    assert "needs a remote signer" in found["environments.sandbox.live_calls_max"]
+
+
 def test_the_refill_threshold_must_be_below_the_lead() -> None:
     """Refilling when less than the whole lead is left would refill forever."""
     found = problems(TRANSIT + 'presign_lead = "1m"\npresign_refill_below = "1m"\n')

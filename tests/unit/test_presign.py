@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from sidkeyd.config import PresignConfig
-from sidkeyd.errors import KeyUnavailableError, TransientSourceError
+from sidkeyd.errors import KeyUnavailableError, RequestError, TransientSourceError
 from sidkeyd.presign import PresignedTable, RemoteSigning
 from sidkeyd.signing import compute_signature, whole_second
 from sidkeyd.threads import DaemonThreadPool
@@ -359,3 +359,91 @@ async def test_live_calls_queued_behind_a_timed_out_one_fail_with_it() -> None:
 
     codes = [getattr(answer, "code", answer) for answer in answers]
     assert (["signer_unavailable"] * 3, [1]) == (codes, signer.sign_calls)
+
+
+class HeldVerifier(FakeSigner):
+    """Each verify waits until ``release`` is set: live calls stay outstanding meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def verify(self, message: bytes, signature: str) -> bool:
+        self.release.wait(10)
+        return super().verify(message, signature)
+
+
+@asynchronous
+async def test_a_live_call_past_live_calls_max_is_refused_at_once_as_signer_busy() -> None:
+    """Two held verifies fill a bound of 2: the third is a 503 signer_busy (Retry-After 1)
+    with no backend call, and once they return a live call is accepted again."""
+    signer, clock = HeldVerifier(), [NOW]
+    pool = DaemonThreadPool(4, "test-sign")
+    signing = RemoteSigning(
+        "sandbox", "085", signer, PresignConfig(live_calls_max=2), pool, clock=lambda: clock[0]
+    )
+    stamp = whole_second(int(NOW) + 3600)  # not presigned: a live verify
+    held = [asyncio.ensure_future(signing.verify(stamp, "bogus")) for _ in range(2)]
+    await asyncio.sleep(0)
+    with pytest.raises(RequestError) as refused:
+        await signing.verify(stamp, "bogus")
+    signer.release.set()
+    answers = await asyncio.gather(*held)
+    after = await signing.verify(stamp, "bogus")
+    pool.shutdown(wait=False)
+
+    busy = refused.value
+    assert ("signer_busy", 503, (("Retry-After", "1"),)) == (busy.code, busy.status, busy.headers)
+    assert ([False, False], False, 3) == (answers, after, signer.verify_calls)
+
+
+@asynchronous
+async def test_a_live_call_cancelled_while_queued_gives_its_place_back() -> None:
+    """A caller gone before its call ran: the call never runs and its place is free again."""
+    signer, clock = HeldVerifier(), [NOW]
+    pool = DaemonThreadPool(1, "test-sign")
+    signing = RemoteSigning(
+        "sandbox", "085", signer, PresignConfig(live_calls_max=2), pool, clock=lambda: clock[0]
+    )
+    stamp = whole_second(int(NOW) + 3600)
+    running = asyncio.ensure_future(signing.verify(stamp, "bogus"))
+    queued = asyncio.ensure_future(signing.verify(stamp, "bogus"))
+    await asyncio.sleep(0)
+    queued.cancel()
+    await asyncio.gather(queued, return_exceptions=True)
+    await asyncio.sleep(0)  # the cancelled call's release, scheduled on the loop
+    outstanding = signing.live_calls.outstanding
+    signer.release.set()
+    await running
+    pool.shutdown(wait=False)
+
+    assert 1 == outstanding
+
+
+@asynchronous
+async def test_refills_run_while_the_live_calls_fill_the_signing_pool() -> None:
+    """Live verifies hold every thread of the signing pool and the whole bound: a refill, in
+    its own pool and never counted, still fills the table."""
+    signer, clock = HeldVerifier(), [NOW]
+    pool = DaemonThreadPool(1, "test-sign")
+    signing = RemoteSigning(
+        "sandbox",
+        "085",
+        signer,
+        PresignConfig(live_calls_max=2),
+        pool,
+        clock=lambda: clock[0],
+        refill_pool=InlineExecutor(),
+    )
+    stamp = whole_second(int(NOW) + 3600)
+    held = [asyncio.ensure_future(signing.verify(stamp, "bogus")) for _ in range(2)]
+    await asyncio.sleep(0)
+    signing.start()
+    await settle()
+    presigned = signing.presigned()
+    signer.release.set()
+    await asyncio.gather(*held)
+    signing.retire()
+    pool.shutdown(wait=False)
+
+    assert whole_second(int(NOW)) == (presigned or ("",))[0]

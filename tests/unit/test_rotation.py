@@ -416,6 +416,46 @@ def test_a_partner_id_field_holding_the_key_is_refused_without_quoting_it() -> N
     )
 
 
+def test_a_version_id_holding_the_key_is_refused_and_the_last_good_key_kept() -> None:
+    """A rotation whose version id contains the new key (an AWS ClientRequestToken set to
+    it): key_version_invalid, the reason quotes neither, and v1's key goes on signing."""
+    manager, source, _ = make()
+    rotated = "rotated-key-7f3e-0000-0000-not-real"
+
+    async def body() -> tuple[str | None, str]:
+        await manager.start()
+        source.put("smileid/sandbox", rotated, f"ver-{rotated}")
+        outcome = await manager.check("sandbox", Trigger.ADMIN, force=True)
+        signing = manager.signing_key("sandbox")
+        await manager.stop()
+        return outcome.error, signing.version
+
+    error, signing_version = run(body)
+    assert ("key_version_invalid", "v1", False) == (
+        manager.status("sandbox").last_error.code,  # type: ignore[union-attr]
+        signing_version,
+        rotated in (error or rotated),
+    )
+
+
+def test_a_version_id_equal_to_the_key_is_refused_at_start() -> None:
+    """The first read's version is the key itself: no key is held, none is shown."""
+    manager, source, store = make()
+    first = "first-key-1a2b-0000-0000-not-real"
+    source.put("smileid/sandbox", first, first)
+
+    async def body() -> str | None:
+        outcome = await manager.check("sandbox", Trigger.ADMIN, force=True)
+        return outcome.error
+
+    error = run(body)
+    assert ("key_version_invalid", None, False) == (
+        manager.status("sandbox").last_error.code,  # type: ignore[union-attr]
+        store.get("sandbox"),
+        first in (error or first),
+    )
+
+
 def test_a_mismatched_partner_id_is_not_quoted() -> None:
     """A secret's partner id that differs from the config's is named by field, not value."""
     manager, source, _ = make()

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from sidkeyd import socketfile
-from sidkeyd.errors import SocketInUseError, UnsafeSocketPathError
-from sidkeyd.socketfile import bind_unix_socket, remove_socket
+from sidkeyd.errors import SocketInUseError, StartupError, UnsafeSocketPathError
+from sidkeyd.socketfile import bind_unix_socket, inherited_socket, remove_socket
 from support.daemon import short_socket_dir
 
 
@@ -264,3 +264,24 @@ def test_socket_group_the_daemon_is_not_in_is_named(folder: Path) -> None:
     )
     assert "Operation not permitted" in message
     assert not (writable / "s.sock").exists()
+
+
+@pytest.mark.parametrize("listen_fds", ["three", "1 ", "-1", "٢"])
+def test_a_listen_fds_that_is_not_a_number_is_a_startup_error_naming_it(listen_fds: str) -> None:
+    """As sd_listen_fds(3): an error naming the variable, never a ValueError nor a guess;
+    the variables are still removed so that no child inherits them."""
+    env = {"LISTEN_PID": str(os.getpid()), "LISTEN_FDS": listen_fds, "LISTEN_FDNAMES": "x"}
+    with pytest.raises(StartupError) as refused:
+        inherited_socket(env)
+    assert "LISTEN_FDS is not a number" in str(refused.value)
+    assert {} == env
+
+
+def test_no_listen_fds_or_another_pid_is_no_inherited_socket() -> None:
+    """Unset or empty LISTEN_FDS, or LISTEN_PID of another process: bind the path as usual."""
+    mine = str(os.getpid())
+    assert [None, None, None] == [
+        inherited_socket({"LISTEN_PID": mine}),
+        inherited_socket({"LISTEN_PID": mine, "LISTEN_FDS": ""}),
+        inherited_socket({"LISTEN_PID": "1", "LISTEN_FDS": "three"}),
+    ]
