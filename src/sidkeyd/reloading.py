@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sidkeyd.app import Application
+from sidkeyd.audit import AuditTrail
 from sidkeyd.config import Config, ServerConfig
 from sidkeyd.config_loader import load_config
 from sidkeyd.connections import ConnectionTracker, Limits
@@ -28,6 +29,7 @@ from sidkeyd.freshness import Trigger
 from sidkeyd.log import get_logger
 from sidkeyd.metrics import Metrics
 from sidkeyd.notify import Notifier
+from sidkeyd.peer import Peer
 from sidkeyd.reload_plan import ReloadOutcome, ReloadPlan, plan_reload
 from sidkeyd.rotation import KeyManager
 from sidkeyd.sources import Source, build_source
@@ -74,8 +76,15 @@ def apply(running: Running, new: Config, plan: ReloadPlan, sources: Mapping[str,
 
 
 class Reloader:
-    def __init__(self, running: Running, notifier: Notifier, status: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        running: Running,
+        notifier: Notifier,
+        status: Callable[[], str],
+        audit: AuditTrail | None = None,
+    ) -> None:
         self._running = running
+        self._audit = audit
         self._path = running.config.path
         self._notifier = notifier
         self._status = status
@@ -97,14 +106,15 @@ class Reloader:
         if self._queued:
             return
         self._queued = True
-        task = asyncio.ensure_future(self.reload({}, trigger=Trigger.SIGNAL, queued=True))
+        task = asyncio.ensure_future(self.reload(None, trigger=Trigger.SIGNAL, queued=True))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     async def reload(
-        self, peer: dict[str, Any], *, trigger: Trigger = Trigger.RELOAD, queued: bool = False
+        self, peer: Peer | None, *, trigger: Trigger = Trigger.RELOAD, queued: bool = False
     ) -> ReloadOutcome:
-        """Re-read the file and apply it, or change nothing and say why."""
+        """Re-read the file and apply it, or change nothing and say why; ``peer`` asked for it
+        (``None``: a signal)."""
         await self._started.wait()
         async with self._lock:
             if queued:
@@ -114,7 +124,9 @@ class Reloader:
                 "RELOADING=1", f"MONOTONIC_USEC={monotonic_usec}", "STATUS=reloading the config"
             )
             try:
-                outcome = await self._reload(trigger, peer)
+                outcome = await self._reload(trigger, dict(peer.log_fields()) if peer else {})
+                if self._audit is not None:
+                    self._audit.reloaded(outcome, peer)
             finally:
                 self._notifier.send("READY=1", f"STATUS={self._status()}")
         return outcome
