@@ -14,14 +14,15 @@ when it ends, whatever the outcome.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sidkeyd.app import Application
 from sidkeyd.audit import AuditTrail
-from sidkeyd.config import Config, ServerConfig
+from sidkeyd.config import Config, ServerConfig, SourceConfig
 from sidkeyd.config_loader import load_config
 from sidkeyd.connections import ConnectionTracker, Limits
 from sidkeyd.errors import ConfigError, ConfigProblem
@@ -144,7 +145,8 @@ class Reloader:
         if plan.refused:
             return self._failed(trigger, peer, "restart_required", plan.restart_required)
         try:
-            sources = await asyncio.to_thread(self._sources_for, new, plan)
+            fresh = set(plan.sources_added) | set(plan.sources_changed)
+            sources = await asyncio.to_thread(sources_for, new.sources, fresh, running.sources)
         except Exception as exc:  # a source that cannot be built is a bad config
             problem = ConfigProblem("sources", f"cannot set up a source: {type(exc).__name__}")
             return self._failed(trigger, peer, "config_invalid", [problem])
@@ -154,14 +156,6 @@ class Reloader:
             self._log.warning("config.warning", message=warning)
         running.manager.check_soon(trigger, force=False)
         return ReloadOutcome("reloaded", plan)
-
-    def _sources_for(self, new: Config, plan: ReloadPlan) -> dict[str, Source]:
-        """The sources of ``new``: the unchanged ones as they are, the others built anew."""
-        fresh = set(plan.sources_added) | set(plan.sources_changed)
-        return {
-            name: build_source(config) if name in fresh else self._running.sources[name]
-            for name, config in new.sources.items()
-        }
 
     def _failed(
         self, trigger: Trigger, peer: dict[str, Any], code: str, problems: Any
@@ -176,6 +170,36 @@ class Reloader:
             **peer,
         )
         return outcome
+
+
+def sources_for(
+    configs: Mapping[str, SourceConfig], fresh: set[str], current: Mapping[str, Source]
+) -> dict[str, Source]:
+    """The sources of a new config: the ``fresh`` ones built anew, the others as they are.
+
+    Blocking (run off the loop). If one cannot be built, those built before it are closed
+    before the error goes on: nothing else would ever close their clients and sockets.
+    """
+    sources: dict[str, Source] = {}
+    built: list[Source] = []
+    try:
+        for name, config in configs.items():
+            if name in fresh:
+                sources[name] = build_source(config)
+                built.append(sources[name])
+            else:
+                sources[name] = current[name]
+    except BaseException:
+        close_quietly(built)
+        raise
+    return sources
+
+
+def close_quietly(sources: Iterable[Source]) -> None:
+    """Close sources no one will use; a close that fails must not hide why they are closed."""
+    for source in sources:
+        with contextlib.suppress(Exception):
+            source.close()
 
 
 _NO_FILE = ConfigProblem("(file)", "the daemon was not started with a config file")
