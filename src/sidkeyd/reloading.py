@@ -92,6 +92,7 @@ class Reloader:
         self._lock = asyncio.Lock()
         self._started = asyncio.Event()  # no reload while the first loads run
         self._queued = False  # a SIGHUP's reload waits for the lock
+        self._stopping = False
         self._background: set[asyncio.Future[ReloadOutcome]] = set()
         self._log = get_logger()
 
@@ -101,6 +102,13 @@ class Reloader:
 
     def started(self) -> None:
         self._started.set()
+
+    def stop(self) -> None:
+        """The daemon is stopping: no reload applies from now on (the engine it would
+        reconfigure is being stopped); one in progress changes nothing and closes what it built.
+        """
+        self._stopping = True
+        self._started.set()  # a reload still waiting for the start is refused, not left waiting
 
     def reload_soon(self) -> None:
         """SIGHUP: reload in the background; one already waiting to start covers this one."""
@@ -120,17 +128,25 @@ class Reloader:
         async with self._lock:
             if queued:
                 self._queued = False  # a SIGHUP from now on needs a reload of its own
-            monotonic_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-            self._notifier.send(
-                "RELOADING=1", f"MONOTONIC_USEC={monotonic_usec}", "STATUS=reloading the config"
-            )
-            try:
-                outcome = await self._reload(trigger, dict(peer.log_fields()) if peer else {})
-                if self._audit is not None:
-                    self._audit.reloaded(outcome, peer)
-            finally:
-                self._notifier.send("READY=1", f"STATUS={self._status()}")
+            fields = dict(peer.log_fields()) if peer else {}
+            if self._stopping:
+                outcome = self._failed(trigger, fields, "reload_unavailable", [_STOPPING])
+            else:
+                outcome = await self._notified_reload(trigger, fields)
+            if self._audit is not None:
+                self._audit.reloaded(outcome, peer)
         return outcome
+
+    async def _notified_reload(self, trigger: Trigger, peer: dict[str, Any]) -> ReloadOutcome:
+        monotonic_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self._notifier.send(
+            "RELOADING=1", f"MONOTONIC_USEC={monotonic_usec}", "STATUS=reloading the config"
+        )
+        try:
+            return await self._reload(trigger, peer)
+        finally:
+            if not self._stopping:  # systemd heard STOPPING=1: no READY=1 after it
+                self._notifier.send("READY=1", f"STATUS={self._status()}")
 
     async def _reload(self, trigger: Trigger, peer: dict[str, Any]) -> ReloadOutcome:
         running = self._running
@@ -141,6 +157,8 @@ class Reloader:
             new = await asyncio.to_thread(load_config, self._path)
         except ConfigError as exc:
             return self._failed(trigger, peer, "config_invalid", exc.problems)
+        if self._stopping:  # the stop began while the file was read
+            return self._failed(trigger, peer, "reload_unavailable", [_STOPPING])
         plan = plan_reload(running.config, new)
         if plan.refused:
             return self._failed(trigger, peer, "restart_required", plan.restart_required)
@@ -150,6 +168,9 @@ class Reloader:
         except Exception as exc:  # a source that cannot be built is a bad config
             problem = ConfigProblem("sources", f"cannot set up a source: {type(exc).__name__}")
             return self._failed(trigger, peer, "config_invalid", [problem])
+        if self._stopping:  # the stop began while the sources were built: close them unused
+            await asyncio.to_thread(close_quietly, [sources[name] for name in fresh])
+            return self._failed(trigger, peer, "reload_unavailable", [_STOPPING])
         apply(running, new, plan, sources)
         self._log.info("config.reloaded", trigger=trigger, **plan.summary(), **peer)
         for warning in new.warnings():
@@ -203,3 +224,4 @@ def close_quietly(sources: Iterable[Source]) -> None:
 
 
 _NO_FILE = ConfigProblem("(file)", "the daemon was not started with a config file")
+_STOPPING = ConfigProblem("(daemon)", "the daemon is stopping; nothing was applied")

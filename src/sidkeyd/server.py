@@ -187,6 +187,7 @@ class Server:
                 await self._should_exit.wait()
                 if watchdog is not None:
                     watchdog.cancel()
+            reloader.stop()
             notifier.send("STOPPING=1", "STATUS=stopping")
             deadline = loop.time() + running.config.server.shutdown_timeout.total_seconds()
             self._log.info("daemon.stopping", open_connections=len(tracker.connections))
