@@ -36,6 +36,7 @@ from sidkeyd.log import get_logger
 from sidkeyd.outlet import Line, LineOutlet, WriteFailed
 from sidkeyd.peer import Peer
 from sidkeyd.redaction import scrub, truncate
+from sidkeyd.reload_plan import ReloadOutcome
 from sidkeyd.signing import TimestampClock
 
 GENESIS = "0" * 64
@@ -267,6 +268,41 @@ class AuditTrail:
             must=False,
         )
 
+    # -- administrative actions (PCI DSS 10.2.2): recorded if they can be, never waited for
+
+    def reloaded(self, outcome: ReloadOutcome, peer: Peer | None) -> None:
+        """A config reload, applied or refused, by a peer or (``None``) a signal: what
+        changed or what was wrong, by TOML key path, never a value."""
+        if outcome.ok:
+            plan_changes = outcome.plan.changes if outcome.plan else ()
+            changes = [_without_value(change) for change in plan_changes]
+            fields = f',"result":"applied","changes":{self._key_paths(changes)}'
+        else:
+            problems = [problem.key for problem in outcome.problems]
+            fields = (
+                f',"result":"refused","reason":{_quote(outcome.code)}'
+                f',"problems":{self._key_paths(problems)}'
+            )
+        self.record("admin.reloaded", fields + self._by(peer), must=False)
+
+    def refreshed(self, environments: list[str], failed: list[str], peer: Peer) -> None:
+        """``POST /v1/refresh``: the environments checked, those whose check failed."""
+        self.record(
+            "admin.refreshed",
+            f',"result":"{"failed" if failed else "ok"}"'
+            f',"environments":{json.dumps(environments)},"failed":{json.dumps(failed)}'
+            + self._by(peer),
+            must=False,
+        )
+
+    def _key_paths(self, paths: list[str]) -> str:
+        # Key paths come from the file: a key pasted as a TOML key name must not be recorded.
+        secrets = list(self._secrets())
+        return json.dumps([scrub(path, secrets) for path in paths])
+
+    def _by(self, peer: Peer | None) -> str:
+        return ',"by":"signal"' if peer is None else ',"by":"peer"' + self._peer(peer)
+
     def record(self, event: str, fields: str, *, must: bool = True) -> Line | None:
         """Write one record; see the module docstring for what ``must`` promises."""
         head = f',"time":"{self._clock.now()}","event":"{event}"{fields}{self._origin}'
@@ -426,6 +462,12 @@ def peer_fields(peer: Peer) -> str:
         f',"peer_pid":{peer.pid},"peer_exe":{_json(peer.exe)},"peer_exe_verified":false'
         f',"peer_unit":{_json(_unit(cgroup))},"peer_cgroup":{_json(cgroup)}'
     )
+
+
+def _without_value(change: str) -> str:
+    """``log.level: info -> debug`` as ``log.level: changed``; the other changes name no value."""
+    key, _, what = change.partition(": ")
+    return f"{key}: changed" if "->" in what else change
 
 
 def _json(value: str | None) -> str:

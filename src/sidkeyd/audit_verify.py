@@ -10,10 +10,13 @@ import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from sidkeyd.audit import CHAIN_FIELD, GENESIS, chain_of
 
 _CHAIN_LENGTH = 64
+# Far above any record (about 500 bytes; a reload's change list is bounded by the 1 MiB config).
+_MAX_LINE = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -44,18 +47,26 @@ class Verdict:
         return self.finding is None
 
 
-def _lines(paths: Iterable[Path]) -> Iterator[tuple[str, bytes, bool]]:
-    """(FILE:LINE, the line without its newline, whether it had one)."""
+def _lines(paths: Iterable[Path]) -> Iterator[tuple[str, bytes | None, bool]]:
+    """(FILE:LINE, the line without its newline, whether it had one), one line in memory at a
+    time; a line longer than any record is ``None``, its text never held whole."""
     for path in paths:
-        data = path.read_bytes()
-        lines = data.split(b"\n")
-        last = len(lines) - 1
-        for number, line in enumerate(lines, 1):
-            if number - 1 == last:
-                if line:
+        with path.open("rb") as file:
+            for number, line in enumerate(iter(lambda: file.readline(_MAX_LINE + 1), b""), 1):
+                if len(line) > _MAX_LINE:
+                    yield f"{path}:{number}", None, _skip_line(file)
+                elif line.endswith(b"\n"):
+                    yield f"{path}:{number}", line[:-1], True
+                else:
                     yield f"{path}:{number}", line, False
-                break
-            yield f"{path}:{number}", line, True
+
+
+def _skip_line(file: BinaryIO) -> bool:
+    """Read past the rest of an overlong line; whether it ended with a newline."""
+    while chunk := file.readline(_MAX_LINE):
+        if chunk.endswith(b"\n"):
+            return True
+    return False
 
 
 def _parse(line: bytes) -> tuple[int, str, bytes] | None:
@@ -78,12 +89,15 @@ def verify(paths: Iterable[Path], checkpoints: Mapping[int, str] | None = None) 
     expected = dict(checkpoints or {})
     previous_seq: int | None = None
     previous_chain = GENESIS
-    lines = list(_lines(paths))
-    for index, (where, line, whole) in enumerate(lines):
-        parsed = _parse(line)
+    lines = _lines(paths)  # one pass: a gap's classification reads on from where it is
+    for where, line, whole in lines:
         if not whole:
             verdict.finding = Finding(where, None, "truncated: the last record is incomplete")
             return verdict
+        if line is None:
+            verdict.finding = Finding(where, None, "modified: not an audit record (overlong)")
+            return verdict
+        parsed = _parse(line)
         if parsed is None and _operational(line):
             verdict.skipped += 1  # a trail on stdout shares it with the log; a gap still shows
             continue
@@ -91,7 +105,7 @@ def verify(paths: Iterable[Path], checkpoints: Mapping[int, str] | None = None) 
             verdict.finding = Finding(where, None, "modified: not an audit record")
             return verdict
         seq, chain, body = parsed
-        problem = _out_of_order(previous_seq, seq, lines[index + 1 :])
+        problem = _out_of_order(previous_seq, seq, lines)
         if problem is None and previous_seq is None and seq != 1:
             # Its first link cannot be checked without the record before it.
             verdict.notes.append(f"starts at seq {seq}: earlier records were not given")
@@ -133,17 +147,23 @@ def _operational(line: bytes) -> bool:
     return isinstance(entry, dict) and "level" in entry
 
 
-def _seqs(lines: list[tuple[str, bytes, bool]]) -> set[int]:
-    return {parsed[0] for _w, line, _whole in lines if (parsed := _parse(line)) is not None}
+def _comes_later(seq: int, rest: Iterator[tuple[str, bytes | None, bool]]) -> bool:
+    """Whether a record ``seq`` is among the lines left (read on, never kept: the walk
+    stops at this problem)."""
+    for _where, line, _whole in rest:
+        parsed = _parse(line) if line is not None else None
+        if parsed is not None and parsed[0] == seq:
+            return True
+    return False
 
 
 def _out_of_order(
-    previous: int | None, seq: int, rest: list[tuple[str, bytes, bool]]
+    previous: int | None, seq: int, rest: Iterator[tuple[str, bytes | None, bool]]
 ) -> str | None:
     if previous is None or seq == previous + 1:
         return None
     if seq > previous + 1:
-        if previous + 1 in _seqs(rest):
+        if _comes_later(previous + 1, rest):
             return f"reordered: seq {previous + 1} comes later"
         if previous + 2 == seq:
             return f"deleted: seq {previous + 1} is missing"

@@ -180,7 +180,7 @@ def _lookup(config: Config, key: str) -> Any:
 class ReloadOutcome:
     """What a reload did: applied ``plan``, or refused (``code``) for ``problems``."""
 
-    code: str  # "reloaded", "config_invalid" or "restart_required"
+    code: str  # "reloaded", "config_invalid", "restart_required" or "reload_unavailable"
     plan: ReloadPlan | None = None
     problems: tuple[ConfigProblem, ...] = ()
 
@@ -192,6 +192,8 @@ class ReloadOutcome:
     def message(self) -> str:
         if self.ok:
             return f"reloaded: {len(self.plan.changes) if self.plan else 0} change(s)"
+        if self.code == "reload_unavailable":
+            return "nothing changed: the daemon is stopping"
         what = "invalid config" if self.code == "config_invalid" else "needs a restart"
         return f"nothing changed: {what}, {len(self.problems)} problem(s)"
 

@@ -29,6 +29,7 @@ from sidkeyd.metrics import NO_METRICS, Metrics
 from sidkeyd.metrics_listener import serve_metrics
 from sidkeyd.namespaces import namespace_warnings
 from sidkeyd.notify import Notifier, Watchdog
+from sidkeyd.peer import Peer
 from sidkeyd.process import harden_process
 from sidkeyd.rejections import RejectionLog
 from sidkeyd.reload_plan import ReloadOutcome
@@ -131,7 +132,7 @@ class Server:
         try:
             # Serving starts before the first loads: while they run, every request gets a
             # prompt 503 "starting" (health says so), never a connection left unanswered.
-            def reload(peer: dict[str, object]) -> Awaitable[ReloadOutcome]:
+            def reload(peer: Peer) -> Awaitable[ReloadOutcome]:
                 return reloader.reload(peer)
 
             app = Application(
@@ -154,7 +155,7 @@ class Server:
                 limits_for(config.server),
                 self._set_log_level,
             )
-            reloader = Reloader(running, notifier, lambda: status_line(manager))
+            reloader = Reloader(running, notifier, lambda: status_line(manager), audit)
             self._install_signal_handlers(reloader, audit)
             # create_unix_server listens again; without the backlog it would cut it to 100.
             server = await loop.create_unix_server(
@@ -186,6 +187,7 @@ class Server:
                 await self._should_exit.wait()
                 if watchdog is not None:
                     watchdog.cancel()
+            reloader.stop()
             notifier.send("STOPPING=1", "STATUS=stopping")
             deadline = loop.time() + running.config.server.shutdown_timeout.total_seconds()
             self._log.info("daemon.stopping", open_connections=len(tracker.connections))

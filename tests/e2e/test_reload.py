@@ -151,6 +151,21 @@ def test_an_invalid_file_changes_nothing_and_names_every_problem(daemon: Daemon)
     assert [] == daemon.events("config.reloaded")
 
 
+def test_a_file_that_removes_every_environment_is_refused_and_keeps_them(daemon: Daemon) -> None:
+    """A file cut before its environments (a half-written file, still valid TOML) is
+    config_invalid ("environments: at least one..."): both environments still sign."""
+    client = daemon.client()
+    rewrite(daemon, CONFIG[: CONFIG.index("[environments.sandbox]")])
+
+    reloaded = daemon.cli("reload")
+
+    assert 1 == reloaded.returncode
+    assert "environments: at least one environment is required" in reloaded.stderr
+    assert ["sandbox", "production"] == [
+        client.sign(name)["environment"] for name in ("sandbox", "production")
+    ]
+
+
 def test_a_file_nested_too_deeply_is_refused_as_invalid_not_a_500(daemon: Daemon) -> None:
     """A runaway nested array: reload exits 1 with config_invalid and the daemon logs
     config.reload_failed (it answered 500 and logged a 180 KB traceback)."""

@@ -19,10 +19,12 @@ import pytest
 from sidkeyd.audit import GENESIS, AuditedRejections, AuditTrail, AuditUnavailable, chain_of
 from sidkeyd.audit_verify import verify
 from sidkeyd.config import AuditConfig
+from sidkeyd.errors import ConfigProblem
 from sidkeyd.log import get_logger
 from sidkeyd.outlet import LineOutlet
 from sidkeyd.peer import Peer
 from sidkeyd.rejections import RejectionLog
+from sidkeyd.reload_plan import ReloadOutcome, ReloadPlan
 
 KEY = "audit-unit-key-0123456789abcdef"
 PEER = Peer(pid=os.getpid(), uid=os.getuid(), gid=os.getgid(), exe="/usr/bin/python3")
@@ -456,3 +458,42 @@ def test_a_reopen_while_an_fdatasync_is_pending_still_releases_its_answers(
 
     assert "answer" == asyncio.run(scenario())
     assert ["signature.issued"] == [r["event"] for r in records(tmp_path / "audit.jsonl.1")]
+
+
+def test_an_applied_reload_records_key_paths_and_no_log_level_value(tmp_path: Path) -> None:
+    """admin.reloaded by a signal: every change by key path, the log level as 'changed'."""
+    path = tmp_path / "audit.jsonl"
+    plan = ReloadPlan(added=("staging",), log_level=("info", "debug"))
+    trail_at(path).reloaded(ReloadOutcome("reloaded", plan), None)
+    record = records(path)[-1]
+    assert ("applied", "signal") == (record["result"], record["by"])
+    assert ["environments.staging: added", "log.level: changed"] == record["changes"]
+
+
+def test_a_refused_reload_names_problem_key_paths_with_keys_redacted(tmp_path: Path) -> None:
+    """admin.reloaded by a peer: the refusal's code and key paths; a key used as a TOML key
+    name is redacted."""
+    path = tmp_path / "audit.jsonl"
+    problems = (ConfigProblem(f"environments.{KEY}", "unknown"), ConfigProblem("admin", "bad"))
+    trail_at(path).reloaded(ReloadOutcome("config_invalid", problems=problems), PEER)
+    record = records(path)[-1]
+    assert ("refused", "config_invalid", os.getuid()) == (
+        record["result"],
+        record["reason"],
+        record["peer_uid"],
+    )
+    assert ["environments.[REDACTED]", "admin"] == record["problems"]
+    assert KEY not in path.read_text()
+
+
+def test_a_refresh_records_its_environments_and_those_that_failed(tmp_path: Path) -> None:
+    """admin.refreshed: which environments, which failed (result 'failed'), and who."""
+    path = tmp_path / "audit.jsonl"
+    trail_at(path).refreshed(["sandbox", "production"], ["production"], PEER)
+    record = records(path)[-1]
+    assert ("failed", ["sandbox", "production"], ["production"], "peer") == (
+        record["result"],
+        record["environments"],
+        record["failed"],
+        record["by"],
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tracemalloc
 from pathlib import Path
 
 from sidkeyd.audit import CHAIN_FIELD, GENESIS, AuditTrail, chain_of
@@ -146,3 +147,47 @@ def test_a_line_nested_thousands_deep_is_named_not_a_crash(tmp_path: Path) -> No
         lines[2] = bomb
         where, seq, text = problem([write(tmp_path / "bomb.jsonl", lines)])
         assert ("3", None, "modified: not an audit record") == (where, seq, text)
+
+
+def big_trail(path: Path, records: int) -> Path:
+    """A valid chain of ``records`` records of about 500 bytes each, written line by line."""
+    chain, pad = GENESIS, "x" * 440
+    with path.open("wb") as file:
+        for seq in range(1, records + 1):
+            body = f'{{"seq":{seq},"event":"signature.issued","pad":"{pad}"'.encode()
+            chain = chain_of(chain, body)
+            file.write(body + CHAIN_FIELD + chain.encode() + b'"}\n')
+    return path
+
+
+def test_a_large_trail_is_verified_with_memory_far_below_its_size(tmp_path: Path) -> None:
+    """An 8 MB file verifies with under 1 MB allocated at the peak: it is read a line at a
+    time, never whole (reading it whole took about 2.6 times its size)."""
+    path = big_trail(tmp_path / "audit.jsonl", 16_000)
+    tracemalloc.start()
+    try:
+        verdict = verify([path])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (True, 16_000) == (verdict.ok, verdict.records)
+    assert path.stat().st_size > 8_000_000
+    assert peak < 1_000_000
+
+
+def test_a_record_moved_into_a_later_file_is_still_reordered(tmp_path: Path) -> None:
+    """Record 3 moved to the end of the next file: read on from the gap, it is found later."""
+    lines = trail_file(tmp_path / "audit.jsonl")
+    old = write(tmp_path / "audit.jsonl.1", [*lines[:2], lines[3]])
+    new = write(tmp_path / "audit.jsonl", [*lines[4:], lines[2]])
+    assert ("3", 4, "reordered: seq 3 comes later") == problem([old, new])
+
+
+def test_a_line_longer_than_any_record_is_named_not_a_record(tmp_path: Path) -> None:
+    """A 5 MiB line between two records: 'not an audit record' at its line, without the
+    lines after it taken for it."""
+    lines = trail_file(tmp_path / "audit.jsonl")
+    lines.insert(2, b"y" * (5 * 1024 * 1024) + b"\n")
+    assert ("3", None, "modified: not an audit record (overlong)") == problem(
+        [write(tmp_path / "long.jsonl", lines)]
+    )

@@ -245,3 +245,13 @@ def test_a_refused_outcome_answers_in_the_error_shape_with_every_problem() -> No
             {"key": "a", "reason": "b"},
         ],
     } == answer["error"]
+
+
+def test_a_reload_refused_while_stopping_says_so() -> None:
+    """reload_unavailable: the error shape, a message naming the stop, not 'needs a restart'."""
+    problem = ConfigProblem("(daemon)", "the daemon is stopping; nothing was applied")
+    answer = ReloadOutcome("reload_unavailable", problems=(problem,)).to_json()
+    assert ("reload_unavailable", "nothing changed: the daemon is stopping") == (
+        answer["error"]["code"],
+        answer["error"]["message"],
+    )

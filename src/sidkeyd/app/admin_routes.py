@@ -13,14 +13,15 @@ from sidkeyd.errors import BadRequest
 from sidkeyd.freshness import Health, Trigger
 from sidkeyd.http import Request, Response, json_response
 from sidkeyd.metrics import CONTENT_TYPE, NO_METRICS, Metrics
+from sidkeyd.peer import Peer
 from sidkeyd.policy import AccessPolicy
 from sidkeyd.reload_plan import ReloadOutcome
 from sidkeyd.status import EnvironmentStatus
 from sidkeyd.tokens import TokenBroker
 from sidkeyd.validation import parse_fields
 
-# Re-read the config file and apply it (``reloading.Reloader.reload``), given the peer's fields.
-Reload = Callable[[dict[str, Any]], Awaitable[ReloadOutcome]]
+# Re-read the config file and apply it (``reloading.Reloader.reload``), for the peer asking.
+Reload = Callable[[Peer], Awaitable[ReloadOutcome]]
 
 
 class AdminRoutes:
@@ -57,7 +58,7 @@ class AdminRoutes:
         return self._refresh(names, request)
 
     async def _refresh(self, names: list[str], request: Request) -> Response:
-        results = []
+        results, failed = [], []
         for name in names:
             outcome = await self._engine.check(
                 name, Trigger.ADMIN, force=True, **request.peer.log_fields()
@@ -70,6 +71,10 @@ class AdminRoutes:
                     "error": outcome.error,
                 }
             )
+            if outcome.error is not None:
+                failed.append(name)
+        if self._audit is not None:
+            self._audit.refreshed(names, failed, request.peer)
         return json_response(200, {"results": results})
 
     def reload(self, request: Request) -> Awaitable[Response]:
@@ -82,7 +87,7 @@ class AdminRoutes:
         return self._reloaded(self._reload, request)
 
     async def _reloaded(self, reload: Reload, request: Request) -> Response:
-        outcome = await reload(dict(request.peer.log_fields()))
+        outcome = await reload(request.peer)
         status = 200 if outcome.ok else 422 if outcome.code == "config_invalid" else 409
         return json_response(status, outcome.to_json())
 
