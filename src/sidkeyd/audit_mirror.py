@@ -45,8 +45,8 @@ class StdoutMirror:
         """One ``Line`` done when the stdout ``copy`` and the file's ``synced`` (if any) are.
 
         A copy that fails voids the record (it is in the file); a failing sync voids it
-        itself. Cancelling the joined line (its answer timed out, already voided) cancels the
-        parts, so neither voids it again; a cancelled copy is still written, in order.
+        itself. Once the joined line fails or is cancelled (its answer timed out, voided), the
+        parts are cancelled, so neither voids it again; a cancelled copy is still written.
         """
         joined = Line(data, done=asyncio.get_running_loop().create_future())
         parts = [part for part in (copy, synced) if part is not None]
@@ -62,11 +62,14 @@ class StdoutMirror:
                     void(joined)
                     error = WriteFailed(f"stdout:{getattr(error, 'reason', 'EIO')}")
                 joined.done.set_exception(error)
+                for part in parts:  # now, not a loop turn later: the other must not void it
+                    if part.done is not None:
+                        part.done.cancel()
             elif all(p.done is not None and p.done.done() for p in parts):
                 joined.done.set_result(None)
 
-        def cancelled(future: asyncio.Future[None]) -> None:
-            if future.cancelled():
+        def finished(future: asyncio.Future[None]) -> None:
+            if future.cancelled() or future.exception() is not None:
                 for part in parts:
                     if part.done is not None:
                         part.done.cancel()
@@ -74,5 +77,5 @@ class StdoutMirror:
         for part in parts:
             assert part.done is not None
             part.done.add_done_callback(settled)
-        joined.done.add_done_callback(cancelled)
+        joined.done.add_done_callback(finished)
         return joined

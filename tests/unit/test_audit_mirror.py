@@ -104,12 +104,8 @@ def test_a_closed_stdout_refuses_the_answer_and_voids_the_record_in_the_file(
     os.close(read_end)
     path = tmp_path / "audit.jsonl"
     trail = both_at(path, LineOutlet(write_end))
-    previous = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    try:
-        with pytest.raises(AuditUnavailable) as caught:
-            trail.signature_issued("sandbox", "v1", TIMESTAMP, PEER)
-    finally:
-        signal.signal(signal.SIGPIPE, previous)
+    with pytest.raises(AuditUnavailable) as caught:  # Python ignores SIGPIPE: EPIPE
+        trail.signature_issued("sandbox", "v1", TIMESTAMP, PEER)
     issued, voided = records(path)
     assert ("signature.issued", "audit.voided", issued["seq"]) == (
         issued["event"],
@@ -149,6 +145,35 @@ def test_a_stdout_nobody_reads_refuses_after_the_write_timeout_and_voids_in_both
     issued, voided = records(path)
     assert ("signature.issued", issued["seq"]) == (issued["event"], voided["voided_seq"])
     assert path.read_bytes() == stdout
+    assert verify([path]).ok
+
+
+def test_a_stdout_closed_while_its_copy_waits_refuses_and_voids_once_in_the_file(
+    tmp_path: Path,
+) -> None:
+    """Queued behind a full pipe, then the reader goes (EPIPE): the answer is refused with
+    the stdout reason and the file's record is followed by exactly one audit.voided."""
+    read_end, write_end = os.pipe()  # its own: the test closes the read end
+    fill(write_end)
+    path = tmp_path / "audit.jsonl"
+
+    async def scenario() -> str:
+        trail = both_at(path, LineOutlet(write_end), timeout_ms=5000)
+        line = trail.signature_issued("sandbox", "v1", TIMESTAMP, PEER)
+        assert line is not None
+        os.close(read_end)
+        with pytest.raises(AuditUnavailable) as caught:
+            await trail.released(line, "answer")
+        return caught.value.message
+
+    assert "(stdout:EPIPE)" in asyncio.run(scenario())
+    os.close(write_end)
+    issued, voided = records(path)
+    assert ("signature.issued", "audit.voided", issued["seq"]) == (
+        issued["event"],
+        voided["event"],
+        voided["voided_seq"],
+    )
     assert verify([path]).ok
 
 
