@@ -60,6 +60,13 @@ def pipe() -> Iterator[tuple[int, int]]:
             os.close(fd)
 
 
+def closed_pipe() -> int:
+    """A pipe's write end whose reader is gone (EPIPE); the caller closes it."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    return write_end
+
+
 def fill(write_end: int) -> None:
     os.set_blocking(write_end, False)
     with contextlib.suppress(BlockingIOError):
@@ -96,12 +103,11 @@ def test_a_restart_continues_the_files_chain_on_stdout_too(
 
 
 def test_a_closed_stdout_refuses_the_answer_and_voids_the_record_in_the_file(
-    tmp_path: Path, pipe: tuple[int, int]
+    tmp_path: Path,
 ) -> None:
     """EPIPE on stdout: 503, the file's record is followed by audit.voided naming it, the
     file still verifies, and health names stdout."""
-    read_end, write_end = pipe
-    os.close(read_end)
+    write_end = closed_pipe()
     path = tmp_path / "audit.jsonl"
     trail = both_at(path, LineOutlet(write_end))
     with pytest.raises(AuditUnavailable) as caught:  # Python ignores SIGPIPE: EPIPE
@@ -114,6 +120,22 @@ def test_a_closed_stdout_refuses_the_answer_and_voids_the_record_in_the_file(
     )
     assert (503, "stdout:EPIPE") == (caught.value.status, trail.problem())
     assert verify([path]).ok
+    os.close(write_end)
+
+
+def test_on_failure_continue_serves_with_the_record_in_the_file_only(
+    tmp_path: Path,
+) -> None:
+    """ "continue" and a closed stdout: the answer goes out (nothing to wait for), the file
+    has the record and no audit.voided, and the stdout loss is counted by its sink."""
+    write_end = closed_pipe()
+    path = tmp_path / "audit.jsonl"
+    config = AuditConfig(path=path, stdout=True, fsync="never", on_audit_failure="continue")
+    lost: list[str] = []
+    trail = AuditTrail(config, lambda: (), stdout=LineOutlet(write_end), counted=lost.append)
+    assert None is trail.signature_issued("sandbox", "v1", TIMESTAMP, PEER)
+    assert (["signature.issued"], ["stdout:EPIPE"]) == ([r["event"] for r in records(path)], lost)
+    os.close(write_end)
 
 
 def test_a_stdout_nobody_reads_refuses_after_the_write_timeout_and_voids_in_both(
