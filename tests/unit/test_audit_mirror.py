@@ -102,6 +102,24 @@ def test_a_restart_continues_the_files_chain_on_stdout_too(
     assert verify([path]).ok
 
 
+def test_a_reopen_moves_the_file_only_and_stdout_goes_on_with_the_chain(
+    tmp_path: Path, pipe: tuple[int, int]
+) -> None:
+    """SIGHUP after logrotate: a new file, chained to the old one's last record; stdout (not
+    reopened) carries the old file's records, then the new one's, in one sequence."""
+    read_end, write_end = pipe
+    path = tmp_path / "audit.jsonl"
+    trail = both_at(path, LineOutlet(write_end))
+    assert None is trail.signature_issued("sandbox", "v1", TIMESTAMP, PEER)
+    path.rename(tmp_path / "audit.jsonl.1")
+    trail.reopen()
+    assert None is trail.signature_issued("sandbox", "v1", TIMESTAMP, PEER)
+    rotated = [tmp_path / "audit.jsonl.1", path]
+    assert b"".join(p.read_bytes() for p in rotated) == read_available(read_end)
+    assert ["audit.reopened", "signature.issued"] == [r["event"] for r in records(path)]
+    assert verify(rotated).ok
+
+
 def test_a_closed_stdout_refuses_the_answer_and_voids_the_record_in_the_file(
     tmp_path: Path,
 ) -> None:
