@@ -11,6 +11,11 @@ Fail closed: ``must`` records either are written (``None``), or wait (a ``Line``
 record withdrawn before it was built leaves no trace; one that was already on its way is
 followed by an ``audit.voided`` record naming its ``seq``, so no record claims an answer that
 was never given.
+
+With both ``path`` and ``stdout = true`` the file is the trail and stdout a copy of it
+(``audit_mirror``): each record goes to the file, then the same bytes to stdout, and a ``must``
+record waits for both. A record in the file that stdout did not take in time is followed by
+``audit.voided`` (in both), so the file always verifies and never claims an answer not given.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from sidkeyd import __version__
+from sidkeyd.audit_mirror import StdoutMirror
 from sidkeyd.config import AuditConfig
 from sidkeyd.errors import BadRequest
 from sidkeyd.log import get_logger
@@ -138,6 +144,7 @@ class AuditTrail:
         self._closing_fds: list[int] = []  # reopened away from while an fdatasync ran
         self.failures = 0  # records that could not be written
         self.outlet = self._open()
+        self._mirror = self._stdout_mirror()
 
     # -- the sink ----------------------------------------------------------------------
 
@@ -156,6 +163,11 @@ class AuditTrail:
             self._seq, self._chain = found
             self._chain_bytes = self._chain.encode("ascii")
         return LineOutlet(fd)
+
+    def _stdout_mirror(self) -> StdoutMirror | None:
+        if self.config.path is None or not self.config.stdout:
+            return None
+        return StdoutMirror(self._stdout if self._stdout is not None else LineOutlet(1))
 
     def reopen(self) -> None:
         """SIGHUP (logrotate): a new file at ``path``, continuing the chain."""
@@ -198,12 +210,13 @@ class AuditTrail:
             os.close(self.outlet.fd)
 
     def problem(self) -> str | None:
-        """Why records cannot be written now, for health."""
-        if self.outlet.failure is not None:
-            return self.outlet.failure
-        if self.outlet.backlogged:
-            return "sink_blocked"
-        return None
+        """Why records cannot be written now, for health (``file:``/``stdout:`` with both)."""
+        problem = _problem_of(self.outlet)
+        if self._mirror is None:
+            return problem
+        if problem is not None:
+            return f"file:{problem}"
+        return self._mirror.problem()
 
     @property
     def refusing(self) -> bool:
@@ -311,18 +324,42 @@ class AuditTrail:
             if outlet.backlogged:  # built when its turn comes, so seq follows the file
                 line = outlet.commit(lambda: self._build(head), self._rolled_back)
             else:  # the common case: no closure, no queue entry
-                line = outlet.write(self._build(head), self._rolled_back)
+                data = self._build(head)
+                line = outlet.write(data, self._rolled_back)
         except WriteFailed as exc:
-            self._failed(exc.reason)
+            reason = exc.reason if self._mirror is None else f"file:{exc.reason}"
+            self._failed(reason)
             if must and self._refuse:
-                raise AuditUnavailable(exc.reason) from None
-            self._log.error("audit.record_lost", audit_event=event, reason=exc.reason)
+                raise AuditUnavailable(reason) from None
+            self._log.error("audit.record_lost", audit_event=event, reason=reason)
             return None
+        if self._mirror is not None:  # the file never queues: the record is in it
+            return self._mirrored(event, data, must)
         if line is not None and (not must or not self._refuse):
             return None  # written when the sink drains; nobody waits for it
         if line is None and must and self.config.fsync == "always" and self._refuse:
             return self._synced_line()
         return line
+
+    def _mirrored(self, event: str, data: bytes, must: bool) -> Line | None:
+        """The record in the file, now on stdout too; what the answer waits for, if anything."""
+        assert self._mirror is not None
+        waits = must and self._refuse
+        try:
+            copy = self._mirror.copy(data)
+        except WriteFailed as exc:
+            self._failed(exc.reason)
+            if waits:
+                self._void(Line(data))  # in the file, not on stdout, and never answered
+                raise AuditUnavailable(exc.reason) from None
+            self._log.error("audit.record_lost", audit_event=event, reason=exc.reason)
+            return None
+        if not waits:
+            return None  # on its way to stdout; nobody waits for it
+        synced = self._synced_line() if self.config.fsync == "always" else None
+        if copy is None:
+            return synced
+        return self._mirror.joined(data, copy, synced, self._void)
 
     def _build(self, head: str) -> bytes:
         seq = self._seq + 1
@@ -350,12 +387,19 @@ class AuditTrail:
             self._failed(exc.reason)
             raise AuditUnavailable(exc.reason) from None
         except TimeoutError:
-            self._failed("sink_blocked")
+            reason = self._late()
+            self._failed(reason)
             if not self.outlet.withdraw(line):
                 self._void(line)
                 line.done.cancel()  # voided once: a sync failing later must not void it again
-            raise AuditUnavailable("sink_blocked") from None
+            raise AuditUnavailable(reason) from None
         return answer
+
+    def _late(self) -> str:
+        """Which sink an answer timed out on: stdout's queue, else the file's fdatasync."""
+        if self._mirror is None:
+            return "sink_blocked"
+        return "stdout:sink_blocked" if self._mirror.backlogged else "file:sink_blocked"
 
     def _void(self, line: Line) -> None:
         data = line.data or b""
@@ -452,6 +496,14 @@ class AuditTrail:
             # record is validated (environment, the signed timestamp) or the daemon's own.
             fragment = self._peers[key] = scrub(peer_fields(peer), self._secrets())
         return fragment
+
+
+def _problem_of(outlet: LineOutlet) -> str | None:
+    if outlet.failure is not None:
+        return outlet.failure
+    if outlet.backlogged:
+        return "sink_blocked"
+    return None
 
 
 def peer_fields(peer: Peer) -> str:

@@ -79,7 +79,7 @@ FsyncMode = Literal["never", "interval", "always"]
 
 @dataclass(frozen=True)
 class AuditConfig:
-    """The audit trail (docs/audit.md): a file (``path``) or stdout, separate from the log."""
+    """The audit trail (docs/audit.md): a file (``path``), stdout, or both, apart from the log."""
 
     path: Path | None = None
     stdout: bool = False

@@ -206,8 +206,6 @@ def _audit(table: TomlTable) -> AuditConfig:
             "checkpoint_interval", d.checkpoint_interval, minimum=timedelta(seconds=1)
         ),
     )
-    if config.path is not None and config.stdout:
-        table.problem("stdout", "one audit sink: set path or stdout = true, not both")
     table.finish()
     return config
 

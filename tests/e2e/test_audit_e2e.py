@@ -496,3 +496,94 @@ def test_on_audit_failure_continue_serves_on_a_closed_stdout_and_counts_the_loss
     assert b'sidkeyd_audit_write_failures_total{reason="EPIPE"} 3.0' in metrics
     client.close()
     assert 0 == daemon.terminate_within(PROMPT_S * 2)
+
+
+# -- a file and stdout at once ------------------------------------------------------------
+
+
+def both_config(path: Path, more: str = "") -> str:
+    return file_config(sections=f'[audit]\npath = "{path}"\nstdout = true\n{more}')
+
+
+def stdout_records(output: bytes) -> list[dict[str, object]]:
+    """The records on stdout: JSON lines with a seq and no level (the log's checkpoint line)."""
+    lines = [json.loads(line) for line in output.splitlines() if line.strip()]
+    return [line for line in lines if "seq" in line and "level" not in line]
+
+
+def test_a_file_and_stdout_carry_the_same_records_one_chain(piped, tmp_path: Path) -> None:
+    """path and stdout = true: every record, seq and chain the same in the file and on the
+    daemon's stdout (beside its log), and the file verifies."""
+    path = tmp_path / "both.jsonl"
+    daemon = piped(both_config(path))
+    client = daemon.client()
+    signed = []
+    for stamp in unique_timestamps(3, 0):
+        signed.append(client.sign("sandbox", stamp)["timestamp"])
+        daemon.read_until(stamp.encode())  # read as it comes: the pipe holds one page
+    client.close()
+    daemon.process.send_signal(signal.SIGTERM)
+    daemon.read_until(b'"daemon.stopped"')
+    assert 0 == daemon.process.wait(PROMPT_S * 2)
+    in_file = audit_records(path)
+    assert in_file == stdout_records(daemon.output)
+    assert signed == [r["signed_timestamp"] for r in in_file if r["event"] == "signature.issued"]
+    assert 0 == audit_cli("verify", str(path)).returncode
+
+
+def test_a_file_with_a_closed_stdout_refuses_and_voids_each_record_in_the_file(
+    piped, tmp_path: Path
+) -> None:
+    """EPIPE on stdout: prompt 503 audit_unavailable, health names stdout, each signature's
+    record in the file is followed by audit.voided naming it, and the file verifies."""
+    path = tmp_path / "both.jsonl"
+    daemon = piped(both_config(path))
+    daemon.close_stdout()
+    client = daemon.client()
+    for _ in range(3):
+        with pytest.raises(RequestFailedError) as caught:
+            client.sign("sandbox")
+        assert (503, "audit_unavailable") == (caught.value.status, caught.value.code)
+    healthy, health = health_of(client)
+    assert (False, {"status": "failing", "reason": "stdout:EPIPE"}) == (healthy, health["audit"])
+    client.close()
+    assert 0 == daemon.terminate_within(PROMPT_S * 2)
+    records = audit_records(path)
+    issued = [r["seq"] for r in records if r["event"] == "signature.issued"]
+    voided = [r["voided_seq"] for r in records if r["event"] == "audit.voided"]
+    assert (3, issued) == (len(issued), voided)
+    assert 0 == audit_cli("verify", str(path)).returncode
+
+
+def test_a_file_with_a_stdout_nobody_reads_refuses_promptly_and_stops_on_sigterm(
+    piped, tmp_path: Path
+) -> None:
+    """A full pipe beside a healthy file: signs get 503 within the write timeout, health
+    says stdout:sink_blocked, every delivered signature has its record in the file (the
+    refused ones voided), the file verifies, and SIGTERM stops the daemon, pipe still full."""
+    path = tmp_path / "both.jsonl"
+    daemon = piped(both_config(path))
+    client = daemon.client()
+    delivered: list[str] = []
+    refusals: list[str] = []
+    for timestamp in unique_timestamps(400, 0):
+        try:
+            delivered.append(client.sign("sandbox", timestamp)["timestamp"])
+        except RequestFailedError as exc:
+            refusals.append(exc.code)
+            if len(refusals) == 3:
+                break
+    assert ["audit_unavailable"] * 3 == refusals, "the pipe never filled"
+    healthy, health = health_of(client)
+    assert (False, "stdout:sink_blocked") == (healthy, health["audit"]["reason"])  # type: ignore[index]
+    client.close()
+    assert 0 == daemon.terminate_within(PROMPT_S * 2)
+    records = audit_records(path)
+    voided = {r["voided_seq"] for r in records if r["event"] == "audit.voided"}
+    issued = [
+        r["signed_timestamp"]
+        for r in records
+        if r["event"] == "signature.issued" and r["seq"] not in voided
+    ]
+    assert (delivered, 3) == (issued, len(voided))
+    assert 0 == audit_cli("verify", str(path)).returncode

@@ -407,15 +407,21 @@ def test_audit_settings_are_read() -> None:
 
 
 def test_invalid_audit_settings_are_named_with_their_path() -> None:
-    """A bad choice, a duration without unit and two sinks at once are problems."""
+    """A bad choice, a duration without unit and a too short interval are problems."""
     found = problems(
         MINIMAL + '\n[audit]\npath = "a.jsonl"\nstdout = true\nfsync = "sometimes"\n'
         'write_timeout = "5"\non_audit_failure = "ignore"\ncheckpoint_interval = "10ms"\n'
     )
     assert {
-        "audit.stdout", "audit.fsync", "audit.write_timeout", "audit.on_audit_failure",
+        "audit.fsync", "audit.write_timeout", "audit.on_audit_failure",
         "audit.checkpoint_interval",
     } == set(found)  # fmt: skip
+
+
+def test_an_audit_file_and_stdout_together_are_one_trail_on_both() -> None:
+    """path and stdout = true at once are valid: the file and its copy on stdout."""
+    audit = parse(MINIMAL + '\n[audit]\npath = "a.jsonl"\nstdout = true\n').audit
+    assert (True, True) == (audit.path is not None, audit.stdout)
 
 
 def test_socket_group_defaults_to_none() -> None:
