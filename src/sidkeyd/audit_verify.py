@@ -15,7 +15,7 @@ from typing import BinaryIO
 from sidkeyd.audit import CHAIN_FIELD, GENESIS, chain_of
 
 _CHAIN_LENGTH = 64
-# Far above any record (about 500 bytes; a reload's change list is bounded by the 1 MiB config).
+# Far above any record (about 500 bytes; an admin.reloaded record names at most 100 key paths).
 _MAX_LINE = 4 * 1024 * 1024
 
 
