@@ -53,8 +53,8 @@ def _lines(paths: Iterable[Path]) -> Iterator[tuple[str, bytes | None, bool]]:
     for path in paths:
         with path.open("rb") as file:
             for number, line in enumerate(iter(lambda: file.readline(_MAX_LINE + 1), b""), 1):
-                if len(line) > _MAX_LINE:
-                    yield f"{path}:{number}", None, _skip_line(file)
+                if len(line) > _MAX_LINE:  # its newline may be the last byte read
+                    yield f"{path}:{number}", None, line.endswith(b"\n") or _skip_line(file)
                 elif line.endswith(b"\n"):
                     yield f"{path}:{number}", line[:-1], True
                 else:
