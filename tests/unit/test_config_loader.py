@@ -116,6 +116,19 @@ def test_unknown_source_type_is_named() -> None:
     assert found["sources.local.type"].startswith("must be one of file, aws, vault")
 
 
+def test_a_long_table_name_is_cut_short_in_the_key_paths_of_its_problems() -> None:
+    """A source named with 20000 characters and 2000 unknown keys under it: every key path
+    names it cut short, so the problems stay a few hundred KB (uncut: 40 MB of key paths,
+    gigabytes from a file of a few hundred KB)."""
+    name = "x" * 20000
+    table = f'[sources."{name}"]\ntype = "file"\npath = "k.toml"\n'
+    table += "".join(f"unknown{i} = 1\n" for i in range(2000))
+    found = problems(MINIMAL + table)
+    cut = "sources." + "x" * 128 + "...(truncated)"
+    assert (2001, "unknown key") == (len(found), found[f"{cut}.unknown7"])
+    assert 2001 * 200 > sum(len(key) for key in found)
+
+
 def test_aws_source_fields() -> None:
     """The AWS source shape of the docs loads, with ARN secrets and version stages."""
     config = parse(
