@@ -129,6 +129,18 @@ def test_a_long_table_name_is_cut_short_in_the_key_paths_of_its_problems() -> No
     assert 2001 * 200 > sum(len(key) for key in found)
 
 
+def test_a_partner_id_that_is_not_digits_is_named_without_its_value() -> None:
+    """A key pasted as partner_id (served in every answer and in status): refused, and the
+    problem does not repeat it."""
+    pasted = "0c5b1a8e-6f3d-4b7e-9a21-5d8f0e4c3b2a"
+    found = problems(MINIMAL.replace('partner_id = "085"', f'partner_id = "{pasted}"'))
+    assert (
+        'must be a Smile ID partner id: digits, such as "085"'
+        == found["environments.sandbox.partner_id"]
+    )
+    assert pasted not in str(found)
+
+
 def test_aws_source_fields() -> None:
     """The AWS source shape of the docs loads, with ARN secrets and version stages."""
     config = parse(
