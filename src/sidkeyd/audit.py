@@ -45,6 +45,10 @@ from sidkeyd.redaction import scrub, truncate
 from sidkeyd.reload_plan import ReloadOutcome
 from sidkeyd.signing import TimestampClock
 
+# An admin.reloaded record names at most this many key paths, each at most this long.
+_MAX_KEY_PATHS = 100
+_MAX_KEY_PATH = 256
+
 GENESIS = "0" * 64
 CHAIN_FIELD = b',"chain":"'
 _TAIL_BYTES = 64 * 1024  # enough for the last records of the file
@@ -310,8 +314,14 @@ class AuditTrail:
 
     def _key_paths(self, paths: list[str]) -> str:
         # Key paths come from the file: a key pasted as a TOML key name must not be recorded.
+        # Bounded: every unknown key of a table with a long quoted name repeats that name, so
+        # a 200 KB file could make a record of gigabytes (the loop blocked building it, and a
+        # line past audit verify's limit reads as tampering).
         secrets = list(self._secrets())
-        return json.dumps([scrub(path, secrets) for path in paths])
+        shown = [truncate(scrub(path, secrets), _MAX_KEY_PATH) for path in paths[:_MAX_KEY_PATHS]]
+        if len(paths) > _MAX_KEY_PATHS:
+            shown.append(f"(and {len(paths) - _MAX_KEY_PATHS} more)")
+        return json.dumps(shown)
 
     def _by(self, peer: Peer | None) -> str:
         return ',"by":"signal"' if peer is None else ',"by":"peer"' + self._peer(peer)

@@ -15,7 +15,7 @@ from typing import BinaryIO
 from sidkeyd.audit import CHAIN_FIELD, GENESIS, chain_of
 
 _CHAIN_LENGTH = 64
-# Far above any record (about 500 bytes; a reload's change list is bounded by the 1 MiB config).
+# Far above any record (about 500 bytes; an admin.reloaded record names at most 100 key paths).
 _MAX_LINE = 4 * 1024 * 1024
 
 
@@ -53,8 +53,8 @@ def _lines(paths: Iterable[Path]) -> Iterator[tuple[str, bytes | None, bool]]:
     for path in paths:
         with path.open("rb") as file:
             for number, line in enumerate(iter(lambda: file.readline(_MAX_LINE + 1), b""), 1):
-                if len(line) > _MAX_LINE:
-                    yield f"{path}:{number}", None, _skip_line(file)
+                if len(line) > _MAX_LINE:  # its newline may be the last byte read
+                    yield f"{path}:{number}", None, line.endswith(b"\n") or _skip_line(file)
                 elif line.endswith(b"\n"):
                     yield f"{path}:{number}", line[:-1], True
                 else:

@@ -44,6 +44,7 @@ from sidkeyd.errors import ConfigError, ConfigProblem
 from sidkeyd.policy import AccessPolicy
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_PARTNER_ID = re.compile(r"[0-9]{1,32}")  # as checks.resolve_partner_id asks of a secret's
 
 
 # A config is a few KiB; the bound keeps a reload from reading a runaway file into memory.
@@ -394,6 +395,11 @@ def _environment(
     if source_name and source_name not in sources:
         table.problem("source", f"no source named {source_name!r} in [sources]")
     partner_id = table.optional_str("partner_id", allow_int=True)
+    if partner_id is not None and not _PARTNER_ID.fullmatch(partner_id):
+        # Served in every answer and in status with or without a key: a key pasted here
+        # would be shown to every client. Not quoted in the message for the same reason.
+        table.problem("partner_id", 'must be a Smile ID partner id: digits, such as "085"')
+        partner_id = None
     signer = table.choice("signer", ("local", "transit", "kms"), "local")
     environment = EnvironmentConfig(
         name=name,

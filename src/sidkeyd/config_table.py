@@ -16,8 +16,12 @@ from typing import Any, TypeVar, cast
 
 from sidkeyd.durations import parse_duration
 from sidkeyd.errors import ConfigProblem
+from sidkeyd.redaction import truncate
 
 T = TypeVar("T")
+
+
+MAX_NAME_IN_PATH = 128  # characters of one TOML key in a problem's key path
 
 
 class TomlTable:
@@ -33,6 +37,10 @@ class TomlTable:
         self._seen: set[str] = set()
 
     def key(self, key: str) -> str:
+        # Names cut short: a table's path is repeated in each of its problems, so one long
+        # quoted name with thousands of unknown keys under it made gigabytes of key paths
+        # (in the loader's memory, the log line, the reload's answer and its audit record).
+        key = truncate(key, MAX_NAME_IN_PATH)
         if not key:
             return self._path or "(root)"
         return f"{self._path}.{key}" if self._path else key

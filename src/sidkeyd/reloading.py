@@ -31,6 +31,7 @@ from sidkeyd.log import get_logger
 from sidkeyd.metrics import Metrics
 from sidkeyd.notify import Notifier
 from sidkeyd.peer import Peer
+from sidkeyd.redaction import truncate
 from sidkeyd.reload_plan import ReloadOutcome, ReloadPlan, plan_reload
 from sidkeyd.rotation import KeyManager
 from sidkeyd.sources import Source, build_source
@@ -181,7 +182,7 @@ class Reloader:
     def _failed(
         self, trigger: Trigger, peer: dict[str, Any], code: str, problems: Any
     ) -> ReloadOutcome:
-        outcome = ReloadOutcome(code, problems=tuple(problems))
+        outcome = ReloadOutcome(code, problems=_bounded(list(problems)))
         self._log.error(
             "config.reload_failed",
             trigger=trigger,
@@ -191,6 +192,21 @@ class Reloader:
             **peer,
         )
         return outcome
+
+
+# A refusal names at most this many problems, each reason at most this long: its answer must
+# fit what `sidkeyd reload` reads (1 MiB), and its log line and audit record stay small.
+MAX_PROBLEMS_SHOWN = 100
+MAX_REASON_CHARS = 512
+
+
+def _bounded(problems: list[ConfigProblem]) -> tuple[ConfigProblem, ...]:
+    shown = [ConfigProblem(p.key, truncate(p.reason, MAX_REASON_CHARS)) for p in problems]
+    if len(shown) > MAX_PROBLEMS_SHOWN:
+        more = len(shown) - MAX_PROBLEMS_SHOWN
+        shown = shown[:MAX_PROBLEMS_SHOWN]
+        shown.append(ConfigProblem("(file)", f"{more} more problem(s): check-config names all"))
+    return tuple(shown)
 
 
 def sources_for(

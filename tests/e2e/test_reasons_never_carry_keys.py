@@ -177,3 +177,45 @@ def test_a_partner_id_field_that_holds_the_key_is_refused_and_never_shown(
     assert ["partner_id_invalid", "partner_id_invalid"] == [f["error_code"] for f in failures]
     assert [] == [a for a in answers if SLIP_KEY in a or SWAPPED_KEY in a]
     daemon.assert_no_secret_in_logs([SLIP_KEY, SWAPPED_KEY])
+
+
+PASTED_KEY = str(uuid.uuid4())
+PASTED_CONFIG = """
+[server]
+socket = "{socket}"
+
+[log]
+format = "json"
+
+[sources.local]
+type = "file"
+path = "keys.toml"
+
+[environments.production]
+source = "local"
+secret = "onlykey"
+partner_id = "085"
+"""
+
+
+def test_a_reload_that_pastes_the_key_as_partner_id_is_refused_and_never_shows_it(
+    start_daemon: StartDaemon,
+) -> None:
+    """The key pasted as the config's partner_id (a secret holding only the key needs one
+    there): the reload is refused and no answer, log line or CLI text shows it, where it was
+    applied and served as every signature's partner id."""
+    files = {"keys.toml": f'[onlykey]\napi_key = "{PASTED_KEY}"\n'}
+    daemon = start_daemon(PASTED_CONFIG, files=files)
+    pasted = PASTED_CONFIG.replace('"085"', f'"{PASTED_KEY}"').replace(
+        "{socket}", str(daemon.socket_path)
+    )
+    daemon.config_path.write_text(pasted)
+    reloaded = daemon.raw(
+        b"POST /v1/reload HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    ).decode()
+    answers = [reloaded, *every_answer(daemon)]
+    daemon.stop()
+
+    assert reloaded.startswith("HTTP/1.1 422 ")
+    assert [] == [a for a in answers if PASTED_KEY in a]
+    daemon.assert_no_secret_in_logs([PASTED_KEY])

@@ -295,6 +295,23 @@ def test_reload_answers_and_logs_carry_no_key(daemon: Daemon) -> None:
     daemon.assert_no_secret_in_logs(ALL_KEYS)
 
 
+def test_a_refused_reload_with_thousands_of_problems_is_answered_within_the_clients_limit(
+    daemon: Daemon,
+) -> None:
+    """80000 unknown keys in a file under 1 MiB: the 422 names the first 100 and counts the
+    rest, so `sidkeyd reload` reads it (the whole list, about 4 MiB, passed the client's
+    1 MiB and was 'not its protocol'); the daemon goes on signing."""
+    unknown = "".join(f"k{i} = 1\n" for i in range(80000))
+    rewrite(daemon, CONFIG.replace("[log]", unknown + "[log]", 1))
+    with Client(daemon.socket_path) as client:
+        status, answer = client.request("POST", "/v1/reload", {})
+        signed = client.sign("sandbox")
+    problems = answer["error"]["problems"]
+    assert (422, 101) == (status, len(problems))
+    assert "79900 more problem(s): check-config names all" == problems[-1]["reason"]
+    assert "085" == signed["partner_id"]
+
+
 AWS_CONFIG = """
 [server]
 socket = "{{socket}}"

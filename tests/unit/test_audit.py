@@ -486,6 +486,21 @@ def test_a_refused_reload_names_problem_key_paths_with_keys_redacted(tmp_path: P
     assert KEY not in path.read_text()
 
 
+def test_a_refused_reload_of_a_file_with_thousands_of_long_key_paths_stays_verifiable(
+    tmp_path: Path,
+) -> None:
+    """A table with a long quoted name repeats it in every unknown key's path: the record
+    names the first 100 paths, cut short, and the count of the rest, so it stays a record
+    that audit verify accepts (unbounded, 5000 such paths made one line past its limit)."""
+    path = tmp_path / "audit.jsonl"
+    long_table = "sources." + "x" * 1000
+    problems = tuple(ConfigProblem(f"{long_table}.k{i}", "unknown key") for i in range(5000))
+    trail_at(path).reloaded(ReloadOutcome("config_invalid", problems=problems), PEER)
+    record = records(path)[-1]
+    assert (101, "(and 4900 more)") == (len(record["problems"]), record["problems"][-1])
+    assert verify([path]).ok
+
+
 def test_a_refresh_records_its_environments_and_those_that_failed(tmp_path: Path) -> None:
     """admin.refreshed: which environments, which failed (result 'failed'), and who."""
     path = tmp_path / "audit.jsonl"

@@ -191,3 +191,16 @@ def test_a_line_longer_than_any_record_is_named_not_a_record(tmp_path: Path) -> 
     assert ("3", None, "modified: not an audit record (overlong)") == problem(
         [write(tmp_path / "long.jsonl", lines)]
     )
+
+
+def test_an_overlong_line_ending_at_the_read_limit_does_not_swallow_the_next_line(
+    tmp_path: Path,
+) -> None:
+    """A line whose newline is the last byte of the bounded read, then a cut last record:
+    the overlong line is named as such, not taken for the cut record ('truncated')."""
+    lines = trail_file(tmp_path / "audit.jsonl", signatures=1)
+    lines.insert(1, b"y" * (4 * 1024 * 1024) + b"\n")
+    lines[-1] = lines[-1][:-10]
+    assert ("2", None, "modified: not an audit record (overlong)") == problem(
+        [write(tmp_path / "long.jsonl", lines)]
+    )

@@ -116,6 +116,31 @@ def test_unknown_source_type_is_named() -> None:
     assert found["sources.local.type"].startswith("must be one of file, aws, vault")
 
 
+def test_a_long_table_name_is_cut_short_in_the_key_paths_of_its_problems() -> None:
+    """A source named with 20000 characters and 2000 unknown keys under it: every key path
+    names it cut short, so the problems stay a few hundred KB (uncut: 40 MB of key paths,
+    gigabytes from a file of a few hundred KB)."""
+    name = "x" * 20000
+    table = f'[sources."{name}"]\ntype = "file"\npath = "k.toml"\n'
+    table += "".join(f"unknown{i} = 1\n" for i in range(2000))
+    found = problems(MINIMAL + table)
+    cut = "sources." + "x" * 128 + "...(truncated)"
+    assert (2001, "unknown key") == (len(found), found[f"{cut}.unknown7"])
+    assert 2001 * 200 > sum(len(key) for key in found)
+
+
+def test_a_partner_id_that_is_not_digits_is_named_without_its_value() -> None:
+    """A key pasted as partner_id (served in every answer and in status): refused, and the
+    problem does not repeat it."""
+    pasted = "0c5b1a8e-6f3d-4b7e-9a21-5d8f0e4c3b2a"
+    found = problems(MINIMAL.replace('partner_id = "085"', f'partner_id = "{pasted}"'))
+    assert (
+        'must be a Smile ID partner id: digits, such as "085"'
+        == found["environments.sandbox.partner_id"]
+    )
+    assert pasted not in str(found)
+
+
 def test_aws_source_fields() -> None:
     """The AWS source shape of the docs loads, with ARN secrets and version stages."""
     config = parse(
