@@ -15,6 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sidkeyd.audit_verify import MAX_LINE, open_regular, skip_line
+
 Record = dict[str, Any]
 
 
@@ -72,8 +74,12 @@ def record_time(record: Record) -> datetime | None:
 
 def records(paths: Iterable[Path]) -> Iterator[Record]:
     for path in paths:
-        with path.open("rb") as file:
-            for line in file:
+        with open_regular(path) as file:
+            for line in iter(lambda: file.readline(MAX_LINE + 1), b""):
+                if len(line) > MAX_LINE:  # no record is this long: `audit verify` names it
+                    if not line.endswith(b"\n"):
+                        skip_line(file)
+                    continue
                 try:
                     record = json.loads(line)
                 except (ValueError, RecursionError):

@@ -6,7 +6,10 @@ as one chain. What is and is not detected is in docs/audit.md.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +19,7 @@ from sidkeyd.audit import CHAIN_FIELD, GENESIS, chain_of
 
 _CHAIN_LENGTH = 64
 # Far above any record (about 500 bytes; an admin.reloaded record names at most 100 key paths).
-_MAX_LINE = 4 * 1024 * 1024
+MAX_LINE = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -51,19 +54,33 @@ def _lines(paths: Iterable[Path]) -> Iterator[tuple[str, bytes | None, bool]]:
     """(FILE:LINE, the line without its newline, whether it had one), one line in memory at a
     time; a line longer than any record is ``None``, its text never held whole."""
     for path in paths:
-        with path.open("rb") as file:
-            for number, line in enumerate(iter(lambda: file.readline(_MAX_LINE + 1), b""), 1):
-                if len(line) > _MAX_LINE:  # its newline may be the last byte read
-                    yield f"{path}:{number}", None, line.endswith(b"\n") or _skip_line(file)
+        with open_regular(path) as file:
+            for number, line in enumerate(iter(lambda: file.readline(MAX_LINE + 1), b""), 1):
+                if len(line) > MAX_LINE:  # its newline may be the last byte read
+                    yield f"{path}:{number}", None, line.endswith(b"\n") or skip_line(file)
                 elif line.endswith(b"\n"):
                     yield f"{path}:{number}", line[:-1], True
                 else:
                     yield f"{path}:{number}", line, False
 
 
-def _skip_line(file: BinaryIO) -> bool:
+def open_regular(path: Path) -> BinaryIO:
+    """``path`` for reading if it is a regular file; a FIFO or a device (``/dev/zero``) would
+    block the open or never end, so it is refused as ``OSError`` (ENOTSUP) naming the path."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.ENOTSUP, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def skip_line(file: BinaryIO) -> bool:
     """Read past the rest of an overlong line; whether it ended with a newline."""
-    while chunk := file.readline(_MAX_LINE):
+    while chunk := file.readline(MAX_LINE):
         if chunk.endswith(b"\n"):
             return True
     return False

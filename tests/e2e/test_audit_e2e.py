@@ -587,3 +587,17 @@ def test_a_file_with_a_stdout_nobody_reads_refuses_promptly_and_stops_on_sigterm
     ]
     assert (delivered, 3) == (issued, len(voided))
     assert 0 == audit_cli("verify", str(path)).returncode
+
+
+@pytest.mark.parametrize("tool", ["verify", "query"])
+def test_audit_tools_refuse_a_fifo_or_a_device_instead_of_hanging(
+    tool: str, tmp_path: Path
+) -> None:
+    """A FIFO (no writer) would block the open and /dev/zero never ends: each is refused at
+    once, naming the path, exit 2 (as a file that cannot be read)."""
+    fifo = tmp_path / "audit.jsonl"
+    os.mkfifo(fifo)
+    answers = [audit_cli(tool, str(path)) for path in (fifo, Path("/dev/zero"))]
+    assert [(2, f"sidkeyd: {path}: not a regular file") for path in (fifo, "/dev/zero")] == [
+        (done.returncode, done.stderr.strip()) for done in answers
+    ]
