@@ -249,7 +249,16 @@ def inherited_socket(environ: dict[str, str] | None = None) -> socket.socket | N
     if count < 1:
         return None
     index = names.index("sidkeyd") if "sidkeyd" in names[:count] else 0
-    sock = socket.socket(fileno=SD_LISTEN_FDS_START + index)
+    fd = SD_LISTEN_FDS_START + index
+    try:
+        passed = stat.S_ISSOCK(os.fstat(fd).st_mode)
+    except OSError:
+        passed = False
+    if not passed:
+        raise StartupError(
+            f"LISTEN_FDS={count} but fd {fd} is not a socket: the service manager passed none"
+        )
+    sock = socket.socket(fileno=fd)
     if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
         raise UnsafeSocketPathError(
             f"the socket passed by the service manager (fd {sock.fileno()}) is not a Unix "

@@ -285,3 +285,36 @@ def test_no_listen_fds_or_another_pid_is_no_inherited_socket() -> None:
         inherited_socket({"LISTEN_PID": mine, "LISTEN_FDS": ""}),
         inherited_socket({"LISTEN_PID": "1", "LISTEN_FDS": "three"}),
     ]
+
+
+def test_listen_fds_naming_a_descriptor_that_is_not_a_socket_is_a_startup_error(
+    tmp_path: Path,
+) -> None:
+    """LISTEN_FDS=1 with fd 3 a plain file (no socket passed, an audit file opened first): a
+    start-up error naming the descriptor, not the socket module's 'Socket operation on
+    non-socket'. In a child process, whose fd 3 can be made that file."""
+    plain = tmp_path / "audit.jsonl"
+    plain.write_text("")
+    code = (
+        "import os\n"
+        "from sidkeyd.errors import StartupError\n"
+        "from sidkeyd.socketfile import inherited_socket\n"
+        "try:\n"
+        "    inherited_socket({'LISTEN_PID': str(os.getpid()), 'LISTEN_FDS': '1'})\n"
+        "except StartupError as exc:\n"
+        "    print(exc)\n"
+    )
+    with plain.open() as file:
+        fd = file.fileno()
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            preexec_fn=lambda: os.dup2(fd, 3),  # the file as the child's fd 3
+            close_fds=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert "LISTEN_FDS=1 but fd 3 is not a socket: the service manager passed none" == (
+        done.stdout.strip() or done.stderr.strip()
+    )
