@@ -217,11 +217,9 @@ def test_audit_on_a_closed_stdout_refuses_at_once_and_health_says_why(piped) -> 
     assert 0 == daemon.terminate_within(PROMPT_S * 2)
 
 
-def test_audit_on_a_stdout_nobody_reads_refuses_promptly_then_resumes(piped) -> None:
-    """A full pipe: signs get 503 within the write timeout, health answers (sink_blocked),
-    and once the pipe is read again signing resumes with every answer recorded once."""
-    daemon = piped(AUDIT_ON_STDOUT)
-    client = daemon.client()
+def sign_until_refused(client: Client, refusals_wanted: int = 3) -> tuple[list[str], list[str]]:
+    """Sign with fresh timestamps until ``refusals_wanted`` answers are refused (or 400 signs):
+    the timestamps delivered and the refusal codes."""
     delivered: list[str] = []
     refusals: list[str] = []
     for timestamp in unique_timestamps(400, 0):
@@ -229,8 +227,17 @@ def test_audit_on_a_stdout_nobody_reads_refuses_promptly_then_resumes(piped) -> 
             delivered.append(client.sign("sandbox", timestamp)["timestamp"])
         except RequestFailedError as exc:
             refusals.append(exc.code)
-            if len(refusals) == 3:
+            if len(refusals) == refusals_wanted:
                 break
+    return delivered, refusals
+
+
+def test_audit_on_a_stdout_nobody_reads_refuses_promptly_then_resumes(piped) -> None:
+    """A full pipe: signs get 503 within the write timeout, health answers (sink_blocked),
+    and once the pipe is read again signing resumes with every answer recorded once."""
+    daemon = piped(AUDIT_ON_STDOUT)
+    client = daemon.client()
+    delivered, refusals = sign_until_refused(client)
     assert ["audit_unavailable"] * 3 == refusals, "the pipe never filled"
     healthy, health = health_of(client)
     assert (False, "sink_blocked") == (healthy, health["audit"]["reason"])  # type: ignore[index]
@@ -564,15 +571,7 @@ def test_a_file_with_a_stdout_nobody_reads_refuses_promptly_and_stops_on_sigterm
     path = tmp_path / "both.jsonl"
     daemon = piped(both_config(path))
     client = daemon.client()
-    delivered: list[str] = []
-    refusals: list[str] = []
-    for timestamp in unique_timestamps(400, 0):
-        try:
-            delivered.append(client.sign("sandbox", timestamp)["timestamp"])
-        except RequestFailedError as exc:
-            refusals.append(exc.code)
-            if len(refusals) == 3:
-                break
+    delivered, refusals = sign_until_refused(client)
     assert ["audit_unavailable"] * 3 == refusals, "the pipe never filled"
     healthy, health = health_of(client)
     assert (False, "stdout:sink_blocked") == (healthy, health["audit"]["reason"])  # type: ignore[index]
