@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="run the daemon",
-        description="Run the daemon. SIGTERM/SIGINT stop it gracefully; SIGHUP reopens the audit "
-        "file, reloads the config file (as 'sidkeyd reload' does) and checks every "
+        description="Run the daemon. SIGTERM/SIGINT/SIGQUIT stop it gracefully; SIGHUP reopens "
+        "the audit file, reloads the config file (as 'sidkeyd reload' does) and checks every "
         "environment's key.",
     )
     with_config(serve)
