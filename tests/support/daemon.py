@@ -12,6 +12,7 @@ appears (a bounded wait on an observable condition, never a fixed sleep).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import shutil
@@ -175,9 +176,13 @@ class Daemon:
         return sock
 
     def raw(self, data: bytes) -> bytes:
-        """Send raw bytes on a fresh connection and read until the daemon closes it."""
+        """Send raw bytes on a fresh connection and read until the daemon closes it.
+
+        A connection refused at accept (a connection limit) is answered and closed before the
+        request is read, so the send may find it closed: its answer is still there to read."""
         with self.connect() as sock:
-            sock.sendall(data)
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(data)
             return read_all(sock)
 
     def cli(
