@@ -152,6 +152,8 @@ class CheckRunner:
             self._flights.pop(name, None)  # it lands unapplied: see _superseded
             for kind in ("stale", "revoke"):
                 self._cancel_timer(name, kind)
+            if name not in environments:  # removed: its calls still out hold their own bound
+                self._live_calls.pop(name, None)
 
     def _superseded(self, name: str, epoch: int) -> bool:
         return self._epochs.get(name, 0) != epoch or name not in self._environments
